@@ -1,0 +1,30 @@
+"""Sparse replacements for MLP sublayers, behind one interface (see ``methods/README.md``).
+
+Importing this package registers the built-in methods. Use ``create(name, spec, k=...)``,
+``method_names()`` and ``register`` to add your own.
+"""
+from methods import mxd, transcoder  # noqa: F401  (registration side effects)
+from methods.base import LayerSpec, MethodConfig, SparseCodes, SparseLayer
+from methods.registry import (
+    build_from_config,
+    create,
+    get_method,
+    load_entry_points,
+    load_plugin,
+    method_names,
+    register,
+)
+
+__all__ = [
+    "LayerSpec",
+    "MethodConfig",
+    "SparseCodes",
+    "SparseLayer",
+    "build_from_config",
+    "create",
+    "get_method",
+    "load_entry_points",
+    "load_plugin",
+    "method_names",
+    "register",
+]

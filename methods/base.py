@@ -1,0 +1,156 @@
+"""The interface every sparse layer implements, and the pieces they share.
+
+A method replaces one MLP sublayer: it maps the MLP's input x (or, for methods whose
+``input_site`` is ``"mlp_output"``, the MLP's output) to an estimate of the MLP's output.
+The harness only ever talks to this interface, so it never branches on a method's name.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+INPUT_SITES = ("mlp_input", "mlp_output")
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """The shape of the MLP sublayer being replaced, read off the base model."""
+
+    d_model: int
+    d_mlp: int  # hidden width of the base MLP (e.g. 4 d for GPT-2, 2048 for Gemma 3 270M)
+    gated: bool = False  # the base MLP is a GLU (Llama, Gemma)
+    activation: str = "gelu"  # transformers ACT2FN name of the base MLP's activation
+
+
+@dataclass
+class MethodConfig:
+    """Settings common to every method; a method extends this with its own fields.
+
+    ``expansion`` fixes the parameter budget: that of a TopK transcoder of width
+    ``expansion * d_model``. Methods with ``match_params`` spend the same budget.
+    """
+
+    k: int = 32
+    expansion: int = 32
+    match_params: bool = True
+
+
+class SparseCodes(NamedTuple):
+    """The active units of each token: TopK values and their unit indices, both [tokens, K].
+
+    A value of 0 marks a selected-but-inactive unit (ReLU clipped it); L0 counts non-zeros.
+    """
+
+    values: torch.Tensor
+    indices: torch.Tensor
+
+
+class SparseLayer(nn.Module):
+    """Base class of all methods: ``forward(x) -> (y_hat, codes)``.
+
+    Subclasses set ``Config`` (a ``MethodConfig`` dataclass), ``description``,
+    ``n_units`` (how many sparse units exist, for dead-unit counting), and implement
+    ``forward`` and ``expected_n_params``. ``project_gradients`` runs before each optimiser
+    step and ``constrain`` after it, for methods with norm constraints.
+    """
+
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    name: ClassVar[str] = ""  # set by methods.registry.register
+    description: ClassVar[str] = ""
+    input_site: ClassVar[str] = "mlp_input"
+
+    def __init__(self, spec: LayerSpec, config: MethodConfig) -> None:
+        super().__init__()
+        if config.k < 1:
+            raise ValueError(f"k must be >= 1, got {config.k}")
+        self.spec = spec
+        self.config = config
+        self.n_units = 0
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, SparseCodes]:  # pragma: no cover
+        raise NotImplementedError
+
+    def project_gradients(self) -> None:
+        """Remove gradient components that would break a norm constraint (default: none)."""
+
+    @torch.no_grad()
+    def constrain(self) -> None:
+        """Re-impose norm constraints after an optimiser step (default: none)."""
+
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    @classmethod
+    def expected_n_params(cls, spec: LayerSpec, config: MethodConfig) -> int:  # pragma: no cover
+        """The closed-form parameter count; tests compare it with ``n_params()``."""
+        raise NotImplementedError
+
+    def to_config(self) -> dict[str, Any]:
+        """A JSON-serialisable description from which ``from_config`` rebuilds the module."""
+        return {
+            "method": self.name,
+            "spec": dataclasses.asdict(self.spec),
+            "config": dataclasses.asdict(self.config),
+        }
+
+    @classmethod
+    def from_config(cls, blob: dict[str, Any]) -> "SparseLayer":
+        spec = LayerSpec(**blob["spec"])
+        return cls(spec, cls.Config(**blob["config"]))
+
+
+def transcoder_budget(spec: LayerSpec, expansion: int) -> int:
+    """Parameters of the reference TopK transcoder: P_tc = 2 d H_tc + H_tc + d, H_tc = expansion d."""
+    width = expansion * spec.d_model
+    return 2 * spec.d_model * width + width + spec.d_model
+
+
+def topk_relu(pre_activations: torch.Tensor, k: int) -> SparseCodes:
+    """TopK_k(ReLU(pre)); equal to ReLU(TopK_k(pre)), which avoids a dense ReLU pass."""
+    values, indices = pre_activations.topk(k, dim=-1, sorted=False)
+    return SparseCodes(F.relu(values), indices)
+
+
+def sparse_decode(codes: SparseCodes, rows: torch.Tensor) -> torch.Tensor:
+    """sum_k values[:, k] * rows[indices[:, k]]: an O(K d) decode that never builds the N-wide code.
+
+    ``rows`` is [n_units, d]. embedding_bag gathers only the K selected rows, forward and backward.
+    """
+    lead = codes.indices.shape[:-1]
+    k = codes.indices.shape[-1]
+    out = F.embedding_bag(
+        codes.indices.reshape(-1, k),
+        rows,
+        per_sample_weights=codes.values.reshape(-1, k).to(rows.dtype),
+        mode="sum",
+    )
+    return out.reshape(*lead, rows.shape[-1])
+
+
+def dense_codes(codes: SparseCodes, n_units: int) -> torch.Tensor:
+    """The N-wide code vector (slow; for tests and reference formulations only)."""
+    out = codes.values.new_zeros(*codes.values.shape[:-1], n_units)
+    return out.scatter(-1, codes.indices, codes.values)
+
+
+def normalise_rows_(weight: torch.Tensor, eps: float = 1e-8) -> None:
+    """Scale each row of ``weight`` to unit L2 norm, in place."""
+    weight.div_(weight.norm(dim=-1, keepdim=True).clamp_min(eps))
+
+
+def remove_parallel_gradient_(weight: nn.Parameter) -> None:
+    """Project out the gradient component parallel to each (unit-norm) row of ``weight``.
+
+    With rows kept at unit norm, that component only changes the norm, which the
+    renormalisation undoes; removing it keeps Adam's moments meaningful (SAE practice).
+    """
+    if weight.grad is None:
+        return
+    unit = weight / weight.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+    parallel = (weight.grad * unit).sum(dim=-1, keepdim=True)
+    weight.grad.sub_(parallel * unit)

@@ -1,0 +1,120 @@
+"""The method registry: ``@register("name")`` on a ``SparseLayer`` subclass makes it runnable.
+
+Third-party methods plug in through the ``mxbench.methods`` entry-point group (each entry
+point names a module to import) or ``--plugin path/to/file.py``; both simply import code
+that calls ``register``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import sys
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, Callable
+
+from methods.base import LayerSpec, SparseLayer
+
+ENTRY_POINT_GROUP = "mxbench.methods"
+
+
+@dataclass(frozen=True)
+class RegisteredMethod:
+    """A registered name: the class plus the config defaults this name fixes (e.g. rank=4)."""
+
+    name: str
+    cls: type[SparseLayer]
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def description(self) -> str:
+        return self.cls.description
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """Every config field with the default this name gives it (k and expansion included)."""
+        values = {f.name: _field_default(f) for f in dataclasses.fields(self.cls.Config)}
+        values.update(self.defaults)
+        return values
+
+
+_REGISTRY: dict[str, RegisteredMethod] = {}
+
+
+def register(name: str, **defaults: Any) -> Callable[[type[SparseLayer]], type[SparseLayer]]:
+    """Class decorator: register ``cls`` as ``name``; ``defaults`` override config fields."""
+
+    def decorate(cls: type[SparseLayer]) -> type[SparseLayer]:
+        if not (isinstance(cls, type) and issubclass(cls, SparseLayer)):
+            raise TypeError(f"@register({name!r}) needs a SparseLayer subclass, got {cls!r}")
+        if name in _REGISTRY and _REGISTRY[name].cls is not cls:
+            raise ValueError(f"method name {name!r} is already registered by {_REGISTRY[name].cls.__qualname__}")
+        known = {f.name for f in dataclasses.fields(cls.Config)}
+        unknown = set(defaults) - known
+        if unknown:
+            raise TypeError(f"@register({name!r}): {sorted(unknown)} are not fields of {cls.Config.__name__}")
+        _REGISTRY[name] = RegisteredMethod(name, cls, dict(defaults))
+        if not cls.name:
+            cls.name = name
+        return cls
+
+    return decorate
+
+
+def method_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_method(name: str) -> RegisteredMethod:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown method {name!r}; registered methods: {', '.join(method_names())}") from None
+
+
+def create(name: str, spec: LayerSpec, **config: Any) -> SparseLayer:
+    """Build the method registered as ``name`` for ``spec``; ``config`` overrides its defaults."""
+    entry = get_method(name)
+    merged = {**entry.defaults, **config}
+    layer = entry.cls(spec, entry.cls.Config(**merged))
+    layer.name = name  # variants (e.g. lowrank-moe-r4) share a class but keep their own name
+    return layer
+
+
+def build_from_config(blob: dict[str, Any]) -> SparseLayer:
+    """Rebuild a layer from ``SparseLayer.to_config()`` output (checkpoints use this)."""
+    entry = get_method(blob["method"])
+    layer = entry.cls.from_config(blob)
+    layer.name = blob["method"]
+    return layer
+
+
+def load_entry_points() -> list[str]:
+    """Import every module advertised in the ``mxbench.methods`` entry-point group."""
+    loaded = []
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        ep.load()
+        loaded.append(ep.name)
+    return loaded
+
+
+def load_plugin(path: str | Path) -> None:
+    """Import a single Python file so that its ``@register`` calls run."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"plugin file {str(path)!r} does not exist")
+    module_name = f"mxbench_plugin_{path.stem}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import plugin {str(path)!r}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return None
