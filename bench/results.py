@@ -1,0 +1,154 @@
+"""Result rows on disk: ``results/<run>/cells.jsonl`` (one JSON row per cell) and ``summary.csv``.
+
+Every write replaces the file atomically (temp file + rename), so a crash or kill never
+leaves a half-written row; a reader also skips any line that does not parse.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+ROWS_FILE = "cells.jsonl"
+SUMMARY_FILE = "summary.csv"
+CELL_KEY = ("model", "layer", "method", "k", "expansion", "train_tokens", "seed", "dataset")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in ("mxbench", "torch", "transformers", "lm-eval", "datasets"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def hardware_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+
+
+def timestamp() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def cell_key(row: dict[str, Any]) -> tuple:
+    return tuple(row.get(name) for name in CELL_KEY)
+
+
+class RunStore:
+    """The rows of one run directory."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.rows_path = self.run_dir / ROWS_FILE
+
+    def rows(self) -> list[dict[str, Any]]:
+        if not self.rows_path.is_file():
+            return []
+        rows = []
+        for line in self.rows_path.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # never written by us; ignore rather than crash a resume
+        return rows
+
+    def finished_keys(self) -> set[tuple]:
+        return {cell_key(row) for row in self.rows() if row.get("status") == "ok"}
+
+    def append(self, row: dict[str, Any]) -> None:
+        """Add ``row``, replacing an earlier row of the same cell (a failed attempt, say)."""
+        rows = [r for r in self.rows() if cell_key(r) != cell_key(row)] + [row]
+        atomic_write_text(self.rows_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+        self.write_summary(rows)
+
+    def write_summary(self, rows: Iterable[dict[str, Any]]) -> None:
+        atomic_write_text(self.run_dir / SUMMARY_FILE, summary_frame(list(rows)).to_csv(index=False))
+
+
+SUMMARY_COLUMNS = [
+    "model", "layer", "method", "k", "status", "ce_clean", "ce_spliced", "delta_ce", "delta_ce_stderr",
+    "ce_zero", "ce_recovered", "nmse", "l0", "dead_fraction", "n_params", "n_units", "train_tokens",
+    "ce_tokens", "train_time_s", "seed", "device", "error",
+]
+
+
+def summary_frame(rows: list[dict[str, Any]]):
+    """A flat table: the main columns first, task scores as ``task:<name>:<metric>``."""
+    import pandas as pd
+
+    flat = []
+    for row in rows:
+        entry = {c: row.get(c) for c in SUMMARY_COLUMNS}
+        for task, metrics in (row.get("tasks") or {}).items():
+            for metric, value in metrics.items():
+                entry[f"task:{task}:{metric}"] = value
+        flat.append(entry)
+    return pd.DataFrame(flat, columns=None if flat else SUMMARY_COLUMNS)
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """The table ``bench run`` prints at the end."""
+    if not rows:
+        return "(no rows)"
+    header = f"{'method':<16}{'K':>5}{'params':>12}{'CE':>9}{'dCE':>9}{'±':>7}{'recov':>8}{'NMSE':>8}{'L0':>7}{'dead':>7}{'train s':>9}"
+    lines = []
+    for (model, layer), group in _grouped(rows):
+        first = group[0]
+        lines.append(f"{model} layer {layer}: clean CE {_f(first.get('ce_clean'), 4)}, zero-ablated CE "
+                     f"{_f(first.get('ce_zero'), 4)}, {first.get('train_tokens', 0):,} train tokens, "
+                     f"{first.get('ce_tokens', 0):,} CE tokens")
+        lines.append(header)
+        for r in sorted(group, key=lambda r: (r["method"], r["k"])):
+            if r.get("status") != "ok":
+                lines.append(f"{r['method']:<16}{r['k']:>5}  FAILED: {r.get('error')}")
+                continue
+            lines.append(
+                f"{r['method']:<16}{r['k']:>5}{r['n_params']:>12,}{_f(r['ce_spliced'], 4):>9}{_f(r['delta_ce'], 4):>9}"
+                f"{_f(r.get('delta_ce_stderr'), 4):>7}{_f(r['ce_recovered'], 3):>8}{_f(r['nmse'], 3):>8}"
+                f"{_f(r['l0'], 1):>7}{_f(r['dead_fraction'], 2):>7}{_f(r['train_time_s'], 0):>9}"
+            )
+    return "\n".join(lines)
+
+
+def _grouped(rows):
+    groups: dict[tuple, list] = {}
+    for row in rows:
+        groups.setdefault((row["model"], row["layer"]), []).append(row)
+    return groups.items()
+
+
+def _f(value, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"

@@ -1,0 +1,99 @@
+"""Batches of (x, y) -> trained cells, every cell stepping on the same batch.
+
+One activation stream feeds all (method, K) cells of a model and layer, so the LM's forward
+is paid once per batch, not once per cell. A cell whose loss turns NaN/inf is stopped and
+marked failed; the others go on.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import torch
+
+import methods
+from methods.base import LayerSpec, SparseLayer
+
+
+@dataclass
+class OptimiserSettings:
+    """AdamW (no weight decay), linear warm-up over ``warmup_steps`` then a constant LR."""
+
+    lr: float = 4e-4
+    warmup_steps: int = 5000
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+@dataclass
+class Cell:
+    """One (method, K) being trained, with its optimiser and bookkeeping."""
+
+    method: str
+    k: int
+    layer: SparseLayer
+    optimiser: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    steps: int = 0
+    tokens: int = 0
+    last_loss: float = math.nan
+    train_time_s: float = 0.0
+    status: str = "ok"
+    error: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def warmup_then_constant(warmup_steps: int) -> Callable[[int], float]:
+    return lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+
+
+def build_cell(method: str, spec: LayerSpec, k: int, expansion: int, settings: OptimiserSettings,
+               seed: int, device: torch.device | str = "cpu", **overrides) -> Cell:
+    """Create the method's layer (seeded, so a cell's init never depends on the others)."""
+    torch.manual_seed(seed)
+    layer = methods.create(method, spec, k=k, expansion=expansion, **overrides).to(device)
+    optimiser = torch.optim.AdamW(layer.parameters(), lr=settings.lr, betas=settings.betas, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, warmup_then_constant(settings.warmup_steps))
+    return Cell(method, k, layer, optimiser, scheduler)
+
+
+def normalised_mse(estimate: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """||y_hat - y||^2 / ||y - mean(y)||^2 over the batch: scale-free, and equal to the NMSE metric."""
+    centred = target - target.mean(dim=0, keepdim=True)
+    return (estimate - target).pow(2).sum() / centred.pow(2).sum().clamp_min(1e-12)
+
+
+def train_step(cell: Cell, x: torch.Tensor, y: torch.Tensor) -> None:
+    """One AdamW step of one cell; marks the cell failed instead of raising on a bad loss."""
+    start = time.perf_counter()
+    source = y if cell.layer.input_site == "mlp_output" else x
+    estimate, _ = cell.layer(source)
+    loss = normalised_mse(estimate, y)
+    if not torch.isfinite(loss):
+        cell.status, cell.error = "failed", f"loss became {loss.item()} at step {cell.steps}"
+        return
+    cell.optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    cell.layer.project_gradients()
+    cell.optimiser.step()
+    cell.scheduler.step()
+    cell.layer.constrain()
+    cell.steps += 1
+    cell.tokens += len(x)
+    cell.last_loss = loss.item()
+    cell.train_time_s += time.perf_counter() - start
+
+
+def train_cells(cells: list[Cell], batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                on_batch: Callable[[int, list[Cell]], None] | None = None) -> list[Cell]:
+    """Step every live cell on every batch; ``on_batch(tokens, cells)`` reports progress."""
+    for x, y in batches:
+        for cell in cells:
+            if cell.status == "ok":
+                train_step(cell, x, y)
+        if on_batch:
+            on_batch(len(x), cells)
+    for cell in cells:
+        cell.layer.eval()
+    return cells

@@ -1,0 +1,72 @@
+import pytest
+import torch
+
+from bench.data import (
+    DataError,
+    embedded_documents,
+    is_eval_document,
+    iter_documents,
+    pack_contexts,
+    take_contexts,
+)
+
+
+def test_eval_membership_is_deterministic_and_near_the_fraction():
+    keys = [f"doc-{i}" for i in range(20000)]
+    first = [is_eval_document(k, 0.1) for k in keys]
+    assert first == [is_eval_document(k, 0.1) for k in keys]
+    assert 0.09 < sum(first) / len(keys) < 0.11
+    assert not any(is_eval_document(k, 0.0) for k in keys[:100])
+
+
+def test_local_jsonl_splits_are_disjoint_and_cover_everything(corpus_file):
+    train = list(iter_documents(str(corpus_file), "train", eval_fraction=0.2))
+    held_out = list(iter_documents(str(corpus_file), "eval", eval_fraction=0.2))
+    assert len(train) + len(held_out) == 600
+    assert 80 < len(held_out) < 160
+    assert not set(train) & set(held_out)
+    assert list(iter_documents(str(corpus_file), "eval", eval_fraction=0.2)) == held_out
+
+
+def test_local_text_file_goes_through_the_same_path(tmp_path):
+    path = tmp_path / "docs.txt"
+    path.write_text("first document line one\nline two\n\nsecond document\n\nthird one\n")
+    docs = list(iter_documents(str(path), "train", eval_fraction=0.0))
+    assert len(docs) == 3 and docs[0].startswith("first document")
+
+
+def test_missing_field_and_bad_split_are_clear(tmp_path, corpus_file):
+    with pytest.raises(DataError, match="no 'body' field"):
+        list(iter_documents(str(corpus_file), "train", text_field="body"))
+    with pytest.raises(DataError, match="split must be"):
+        list(iter_documents(str(corpus_file), "test"))
+
+
+def test_packing_puts_bos_at_document_starts(tokenizer):
+    texts = ["the cat sat", "a dog ran on the mat", "old king"]
+    contexts = list(pack_contexts(texts, tokenizer, context_length=4))
+    stream = torch.cat(contexts).tolist()
+    bos = tokenizer.bos_token_id
+    expected = []
+    for text in texts:
+        expected += [bos] + tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert stream == expected[: len(stream)]
+    assert len(stream) == len(expected) - len(expected) % 4
+    assert all(c.shape == (4,) for c in contexts)
+
+
+def test_take_contexts_reports_a_short_split(tokenizer):
+    contexts = pack_contexts(["the cat sat on the mat"] * 3, tokenizer, context_length=4)
+    with pytest.raises(DataError, match="only 20 tokens, fewer than the 400"):
+        take_contexts(contexts, 400, 4, split="eval")
+
+
+def test_embedded_corpus_splits_are_disjoint():
+    docs = embedded_documents()
+    assert len(docs) > 9000
+    titles = [t for t, _ in docs]
+    assert len(set(titles)) == len(titles)
+    held_out = {t for t in titles if is_eval_document(t)}
+    assert 0.03 < len(held_out) / len(titles) < 0.07
+    # the order is fixed by a hash, not alphabetical
+    assert titles != sorted(titles)

@@ -1,0 +1,63 @@
+import math
+
+import torch
+
+from bench.train import OptimiserSettings, build_cell, normalised_mse, train_cells, warmup_then_constant
+from methods.base import LayerSpec
+
+SPEC = LayerSpec(d_model=16, d_mlp=48)
+
+
+def test_normalised_mse_is_the_nmse_formula():
+    y = torch.randn(50, 16) * 3 + 1
+    y_hat = y + 0.1 * torch.randn_like(y)
+    expected = ((y_hat - y) ** 2).sum() / ((y - y.mean(0)) ** 2).sum()
+    torch.testing.assert_close(normalised_mse(y_hat, y), expected)
+    assert normalised_mse(y.mean(0).expand_as(y), y).item() == 1.0
+
+
+def test_warmup_then_constant():
+    f = warmup_then_constant(4)
+    assert [f(s) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert warmup_then_constant(0)(0) == 1.0
+
+
+TEACHER = torch.randn(16, 16, generator=torch.Generator().manual_seed(123)) / 4
+
+
+def _teacher_batches(n, seed=0):
+    """Batches of one fixed teacher y = ReLU(x W); ``seed`` only changes the inputs."""
+    g = torch.Generator().manual_seed(seed)
+    w = TEACHER
+    for _ in range(n):
+        x = torch.randn(256, 16, generator=g)
+        yield x, torch.relu(x @ w)
+
+
+def test_cells_learn_a_teacher_and_share_the_batches():
+    settings = OptimiserSettings(lr=3e-3, warmup_steps=5)
+    cells = [build_cell(m, SPEC, k, 4, settings, seed=0) for m in ("tc", "mxd") for k in (2, 8)]
+    x, y = next(_teacher_batches(1, seed=9))
+    before = [normalised_mse(c.layer(x)[0], y).item() for c in cells]
+    train_cells(cells, _teacher_batches(150))
+    after = [normalised_mse(c.layer(x)[0], y).item() for c in cells]
+    assert all(c.steps == 150 and c.tokens == 150 * 256 and c.status == "ok" for c in cells)
+    assert all(a < 0.5 * b for a, b in zip(after, before)), (before, after)
+
+
+def test_cell_init_depends_only_on_the_seed():
+    settings = OptimiserSettings()
+    a = build_cell("tc", SPEC, 4, 4, settings, seed=3)
+    build_cell("mxd", SPEC, 4, 4, settings, seed=7)
+    b = build_cell("tc", SPEC, 4, 4, settings, seed=3)
+    assert torch.equal(a.layer.encoder.weight, b.layer.encoder.weight)
+
+
+def test_a_diverging_cell_fails_alone():
+    settings = OptimiserSettings(lr=1e-3, warmup_steps=1)
+    good, bad = (build_cell("tc", SPEC, 4, 4, settings, seed=0) for _ in range(2))
+    with torch.no_grad():
+        bad.layer.b_out.fill_(math.nan)
+    train_cells([good, bad], _teacher_batches(3))
+    assert good.status == "ok" and good.steps == 3
+    assert bad.status == "failed" and "loss became nan at step 0" in bad.error
