@@ -10,6 +10,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from bench.data import DataError
 from bench.models import mlp_module
 
 
@@ -81,7 +82,8 @@ def shuffled_batches(model: nn.Module, layer: int, contexts: Iterator[torch.Tens
             pool_x = torch.cat(([pool_x] if pool_x is not None else []) + fresh_x)
             pool_y = torch.cat(([pool_y] if pool_y is not None else []) + fresh_y)
         if pool_x is None or len(pool_x) == 0:
-            raise RuntimeError(f"the training data ran out after {served:,} of {n_tokens:,} tokens")
+            raise DataError(f"the training split ran out after {served:,} of the {n_tokens:,} tokens still needed; "
+                            "ask for fewer --tokens or use a larger --dataset")
         order = torch.randperm(len(pool_x), generator=generator).to(pool_x.device)
         pool_x, pool_y = pool_x[order], pool_y[order]
         serve = len(pool_x) if exhausted else max(batch_size, len(pool_x) // 2)

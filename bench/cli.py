@@ -5,13 +5,18 @@ Bad input is reported as one line on stderr with exit code 2 (``--debug`` shows 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
+from pathlib import Path
 from typing import Sequence
 
 import methods
-from bench.config import PRESETS, preset_config
+from bench.config import PRESETS, load_config_file, preset_config
 
 EXIT_OK, EXIT_CELL_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+DTYPES = ("auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16")
 
 
 class UsageError(ValueError):
@@ -32,20 +37,33 @@ def _name_list(text: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the usage text is one `--help` away)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _flag(name: str) -> str:
+    return {"train_tokens": "--tokens", "ks": "--k"}.get(name, "--" + name.replace("_", "-"))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bench", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="bench", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
                         help="import a Python file that registers extra methods (repeatable)")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     run = sub.add_parser("run", help="train and evaluate sparse replacements of one MLP layer")
-    run.add_argument("--methods", type=_name_list, default=["all"],
+    run.add_argument("--config", default=None, metavar="FILE.toml",
+                     help="a TOML file holding a whole sweep (see sweeps/); flags given here override it")
+    run.add_argument("--methods", type=_name_list, default=None,
                      help="comma-separated method names, or 'all' (see `bench methods`)")
     run.add_argument("--model", default=None, help="alias (gemma-3-270m, gpt2, gemma-2b, ...), hub id or local dir")
     run.add_argument("--layer", type=int, default=None, help="layer index (default: the middle layer)")
     run.add_argument("--k", dest="ks", type=_int_list, default=None, help="comma-separated K values")
-    run.add_argument("--preset", default="smoke", help=f"one of {', '.join(PRESETS)} (default: smoke)")
+    run.add_argument("--preset", default=None, help=f"one of {', '.join(PRESETS)} (default: smoke)")
     run.add_argument("--expansion", type=int, default=None, help="parameter budget: a TC of width expansion*d")
     run.add_argument("--dataset", default=None, help="wiki-offline, a hub dataset name, or a local .jsonl/.txt path")
     run.add_argument("--tokens", dest="train_tokens", type=int, default=None, help="training tokens per cell")
@@ -56,9 +74,30 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--lr", type=float, default=None)
     run.add_argument("--warmup-steps", type=int, default=None)
     run.add_argument("--seed", type=int, default=None)
+    run.add_argument("--checkpoint-minutes", type=float, default=None,
+                     help="save training state this often so an interrupted run resumes (default 10)")
+    run.add_argument("--dtype", default=None, choices=DTYPES, help="the LM's dtype (auto: bf16 on GPU, fp32 on CPU)")
+    run.add_argument("--precision", default=None, choices=("auto", "fp32", "bf16"),
+                     help="sparse layers' compute (auto: bf16 autocast with fp32 master weights on GPU, fp32 on CPU)")
+    run.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                     help="torch.compile the sparse layers (off by default)")
+    run.add_argument("--wandb", action="store_true", default=None,
+                     help="also log losses and metrics to Weights & Biases (needs `pip install wandb`)")
     run.add_argument("--device", default=None, help="auto (default), cpu or cuda")
     run.add_argument("--results-dir", default=None, help="default: results/")
     run.add_argument("--run-name", default=None, help="default: <model>-<preset>")
+
+    run.add_argument("--no-figures", dest="figures", action="store_false",
+                     help="skip the figures and REPORT.md written at the end of the run")
+    run.add_argument("--figures-dir", default="figures", help="figures go to <figures-dir>/<run>/ (default: figures)")
+
+    plot = sub.add_parser("plot", help="regenerate the figures of stored runs (no model needed)")
+    plot.add_argument("runs", nargs="*", help="run directories (default: every run under results/)")
+    plot.add_argument("--out", default="figures", help="figures go to <out>/<run>/ (default: figures)")
+
+    report = sub.add_parser("report", help="write <run>/REPORT.md with tables and the figures embedded")
+    report.add_argument("runs", nargs="*", help="run directories (default: every run under results/)")
+    report.add_argument("--figures", default="figures", help="where the run's figures are (default: figures)")
 
     sub.add_parser("methods", help="list registered methods with their hyper-parameters")
     return parser
@@ -75,6 +114,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return list_methods()
         if args.command == "run":
             return run(args)
+        if args.command in ("plot", "report"):
+            return plot_and_report(_run_dirs(args.runs), args.out if args.command == "plot" else args.figures,
+                                   plot=args.command == "plot", report=args.command == "report")
     except KeyboardInterrupt:
         print("interrupted; finished cells are saved, re-run the same command to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -96,33 +138,100 @@ def _quiet_libraries() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bench.harness import run_benchmark
+    from bench.harness import default_run_name, run_benchmark
     from bench.results import format_table
 
-    options = {k: v for k, v in vars(args).items() if k not in ("command", "debug", "plugin", "preset")}
-    cfg = preset_config(args.preset, **options)
-    validate(cfg)
-    rows = run_benchmark(cfg)
+    flags = {k: v for k, v in vars(args).items()
+             if k not in ("command", "debug", "plugin", "preset", "config", "figures", "figures_dir")}
+    runs = load_config_file(args.config) if args.config else [{}]
+    configs = []
+    for settings in runs:
+        preset = args.preset if args.preset is not None else settings.pop("preset", "smoke")
+        settings.pop("preset", None)
+        configs.append(preset_config(preset, **{**settings, **{k: v for k, v in flags.items() if v is not None}}))
+    for cfg in configs:  # every run is checked before the first one starts
+        validate(cfg)
+    rows = []
+    for cfg in configs:
+        rows += run_benchmark(cfg)
     print(format_table(rows))
+    if args.figures:
+        run_dirs = sorted({Path(cfg.results_dir) / (cfg.run_name or default_run_name(cfg)) for cfg in configs})
+        plot_and_report(run_dirs, args.figures_dir, plot=True, report=True)
     return EXIT_CELL_FAILED if any(r.get("status") != "ok" for r in rows) else EXIT_OK
+
+
+INT_SETTINGS = ("layer", "expansion", "train_tokens", "eval_tokens", "ce_tokens", "context_length", "batch_size",
+                "lm_batch_size", "ce_batch_size", "buffer_tokens", "warmup_steps", "seed")
+FLOAT_SETTINGS = ("lr", "checkpoint_minutes")
+STR_SETTINGS = ("model", "dataset", "device", "dtype", "precision", "results_dir", "run_name")
+
+
+def _setting_type(name: str) -> type:
+    return int if name in INT_SETTINGS else float if name in FLOAT_SETTINGS else str
 
 
 def validate(cfg) -> None:
     """Cheap checks before any model is loaded."""
     from bench.harness import expand_methods
 
+    for name in INT_SETTINGS + FLOAT_SETTINGS + STR_SETTINGS:
+        value, wanted = getattr(cfg, name), _setting_type(name)
+        if value is not None and (not isinstance(value, wanted) or isinstance(value, bool)):
+            if not (wanted is float and isinstance(value, int) and not isinstance(value, bool)):
+                raise UsageError(f"{_flag(name)} must be {wanted.__name__}, got {value!r}")
+    if not isinstance(cfg.ks, list) or not all(isinstance(k, int) and not isinstance(k, bool) for k in cfg.ks):
+        raise UsageError(f"k must be a list of integers, got {cfg.ks!r}")
+    if not isinstance(cfg.methods, list) or not all(isinstance(m, str) for m in cfg.methods):
+        raise UsageError(f"methods must be a list of method names, got {cfg.methods!r}")
     expand_methods(cfg.methods)
-    for name in ("train_tokens", "eval_tokens", "ce_tokens", "batch_size", "expansion", "context_length"):
+    for name in ("train_tokens", "eval_tokens", "ce_tokens", "batch_size", "expansion", "context_length",
+                 "lm_batch_size", "ce_batch_size", "buffer_tokens"):
         value = getattr(cfg, name)
         if value < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+            raise UsageError(f"{_flag(name)} must be a positive integer, got {value}")
     bad = [k for k in cfg.ks if k < 1]
     if bad:
         raise UsageError(f"--k values must be >= 1, got {bad[0]}")
     if cfg.layer is not None and cfg.layer < 0:
         raise UsageError(f"--layer must be >= 0, got {cfg.layer}")
+    if cfg.lr <= 0 or cfg.warmup_steps < 0 or cfg.checkpoint_minutes < 0:
+        raise UsageError(f"lr must be > 0 and warmup-steps, checkpoint-minutes >= 0; got {cfg.lr}, "
+                         f"{cfg.warmup_steps}, {cfg.checkpoint_minutes}")
+    if cfg.dtype not in DTYPES or cfg.precision not in ("auto", "fp32", "bf16"):
+        raise UsageError(f"dtype must be one of {', '.join(DTYPES)} and precision auto, fp32 or bf16; "
+                         f"got {cfg.dtype!r}, {cfg.precision!r}")
+    if cfg.wandb and importlib.util.find_spec("wandb") is None:
+        raise UsageError("--wandb needs the wandb package: pip install wandb")
+    for name in ("compile", "wandb"):
+        if not isinstance(getattr(cfg, name), bool):
+            raise UsageError(f"{name} must be true or false, got {getattr(cfg, name)!r}")
     if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
         raise UsageError(f"--device must be auto, cpu or cuda, got {cfg.device!r}")
+
+
+def _run_dirs(given: list[str]) -> list[Path]:
+    if given:
+        return [Path(p) for p in given]
+    found = sorted(p.parent for p in Path("results").glob("*/cells.jsonl"))
+    if not found:
+        raise UsageError("no runs found under results/; give run directories (results/<run>)")
+    return found
+
+
+def plot_and_report(run_dirs: list[Path], figures_root: str, plot: bool, report: bool) -> int:
+    """Figures go to <figures_root>/<run>/, so runs never overwrite each other's files."""
+    from bench.plots import plot_results
+    from bench.report import write_report
+
+    for run_dir in run_dirs:
+        figures = Path(figures_root) / run_dir.name
+        if plot:
+            written = plot_results([run_dir], figures)
+            print(f"{run_dir}: {len(written)} figure files in {figures}", file=sys.stderr)
+        if report:
+            print(f"{run_dir}: wrote {write_report(run_dir, figures)}", file=sys.stderr)
+    return EXIT_OK
 
 
 def list_methods() -> int:

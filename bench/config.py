@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from bench.data import EMBEDDED_CORPUS
 from bench.models import EMBEDDED_MODEL
@@ -27,8 +30,12 @@ class RunConfig:
     lr: float = 1e-3
     warmup_steps: int = 20
     seed: int = 0
+    checkpoint_minutes: float = 10.0  # training state is saved this often (and when training ends)
     device: str = "auto"
     dtype: str = "auto"  # the LM's dtype: bf16 on GPU, fp32 on CPU
+    precision: str = "auto"  # sparse layers' compute: bf16 autocast on GPU (fp32 master weights), fp32 on CPU
+    compile: bool = False  # torch.compile each sparse layer's forward
+    wandb: bool = False  # also log to Weights & Biases (needs `pip install wandb`)
     preset: str = "smoke"
     results_dir: str = "results"
     run_name: str | None = None
@@ -47,6 +54,50 @@ PRESETS: dict[str, dict] = {
         lm_batch_size=64, ce_batch_size=16, buffer_tokens=2**21, lr=2e-4, warmup_steps=5000,
     ),
 }
+
+
+# Friendlier spellings accepted in config files, mapped to RunConfig fields.
+KEY_ALIASES = {"k": "ks", "tokens": "train_tokens"}
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be read or names an unknown setting."""
+
+
+def load_config_file(path: str | Path) -> list[dict[str, Any]]:
+    """A TOML sweep file -> one settings dict per run.
+
+    Top-level keys apply to every run; each ``[[runs]]`` table adds or overrides keys for one
+    (model, layer) run. Without ``[[runs]]`` the file is a single run.
+    """
+    path = Path(path)
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} does not exist") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
+    runs = document.pop("runs", [{}])
+    if not isinstance(runs, list) or not all(isinstance(r, dict) for r in runs):
+        raise ConfigError(f"config file {path}: `runs` must be an array of tables ([[runs]])")
+    return [_checked_keys({**document, **run}, path) for run in runs]
+
+
+def _checked_keys(settings: dict[str, Any], path: Path) -> dict[str, Any]:
+    allowed = {f.name for f in dataclasses.fields(RunConfig)} - {"preset"}
+    out = {}
+    for key, value in settings.items():
+        name = KEY_ALIASES.get(key.replace("-", "_"), key.replace("-", "_"))
+        if name == "preset":
+            out["preset"] = value
+            continue
+        if name not in allowed:
+            raise ConfigError(f"config file {path}: unknown setting {key!r}; allowed: "
+                              f"{', '.join(sorted(allowed | set(KEY_ALIASES) | {'preset'}))}")
+        if name in ("ks", "methods") and not isinstance(value, list):
+            value = [value]
+        out[name] = value
+    return out
 
 
 def preset_config(name: str, **overrides) -> RunConfig:

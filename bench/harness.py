@@ -6,7 +6,10 @@ Finished cells of the same run are skipped, so re-running a command resumes it.
 """
 from __future__ import annotations
 
-import sys
+import itertools
+import json
+import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +23,14 @@ from bench.activations import collect_all, shuffled_batches
 from bench.config import RunConfig
 from bench.evaluate import CrossEntropyEvaluator, compare_ce, reconstruction_metrics
 from bench.models import check_layer, check_layer_in_config, default_layer, layer_spec, load_model
-from bench.results import RunStore, cell_key, hardware_description, package_versions, timestamp
+from bench.logs import LOGGER, MetricsSink, note, run_log
+from bench.runlock import RunLock
+from bench.results import CELL_KEY, RunStore, cell_key, hardware_description, package_versions, timestamp
 from bench.splice import SplicedMLP, ZeroMLP
 from bench.train import Cell, OptimiserSettings, build_cell, train_cells
+from bench.training_state import load_progress, restore_cells, save_training_state
 from methods.base import LayerSpec
+from methods.checkpoint import save_layer
 
 
 @dataclass
@@ -45,12 +52,34 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[name]
 
 
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of the sparse layers' compute; None means plain fp32."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls that remain use tensor cores
+        torch.backends.cudnn.allow_tf32 = True
+    if name == "bf16" or (name == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
 def expand_methods(requested: list[str]) -> list[str]:
-    """``all`` means every registered method; otherwise the given names, checked."""
-    names = methods.method_names() if requested == ["all"] else requested
-    for name in names:
-        methods.get_method(name)
-    return names
+    """``all`` means every distinct registered method; otherwise the given names, checked.
+
+    Two names for the same class and settings (``lowrank-moe`` is ``lowrank-moe-r4``) run once,
+    under the name that pins its settings explicitly.
+    """
+    if requested != ["all"]:
+        for name in requested:
+            methods.get_method(name)
+        return list(dict.fromkeys(requested))
+    chosen: dict[tuple, str] = {}
+    for name in methods.method_names():
+        entry = methods.get_method(name)
+        identity = (entry.cls, tuple(sorted(entry.hyperparameters().items())))
+        current = chosen.get(identity)
+        if current is None or len(entry.defaults) > len(methods.get_method(current).defaults):
+            chosen[identity] = name
+    return sorted(chosen.values())
 
 
 def run_benchmark(cfg: RunConfig) -> list[dict]:
@@ -59,10 +88,22 @@ def run_benchmark(cfg: RunConfig) -> list[dict]:
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     run_dir = Path(cfg.results_dir) / (cfg.run_name or default_run_name(cfg))
-    store = RunStore(run_dir)
-
+    check_writable(run_dir)
+    check_dataset(cfg.dataset)
     if cfg.layer is not None:
         check_layer_in_config(cfg.model, cfg.layer)
+    with RunLock(run_dir), run_log(run_dir):
+        LOGGER.info("bench run %s", json.dumps(cfg.to_dict(), sort_keys=True))
+        metrics = MetricsSink(cfg.wandb, "mxbench", run_dir.name, cfg.to_dict())
+        try:
+            return _run_locked(cfg, method_names, device, dtype, run_dir, metrics)
+        finally:
+            metrics.finish()
+
+
+def _run_locked(cfg: RunConfig, method_names: list[str], device: torch.device, dtype: torch.dtype,
+                run_dir: Path, metrics: MetricsSink) -> list[dict]:
+    store = RunStore(run_dir)
     loaded = load_model(cfg.model, device=str(device), dtype=dtype)
     model, tokenizer = loaded.model, loaded.tokenizer
     layer = check_layer(model, cfg.layer if cfg.layer is not None else default_layer(model))
@@ -73,10 +114,12 @@ def run_benchmark(cfg: RunConfig) -> list[dict]:
     wanted = [(m, k) for m in method_names for k in cfg.ks
               if cell_key({**base_row, "method": m, "k": k}) not in finished]
     if not wanted:
-        print(f"all {len(method_names) * len(cfg.ks)} cells of {run_dir} are finished; nothing to do", file=sys.stderr)
+        note(f"all {len(method_names) * len(cfg.ks)} cells of {run_dir} are finished; nothing to do")
         return store.rows()
     settings = OptimiserSettings(lr=cfg.lr, warmup_steps=cfg.warmup_steps)
-    cells = [build_cell(m, spec, k, cfg.expansion, settings, cfg.seed, device) for m, k in wanted]
+    autocast = resolve_precision(cfg.precision, device)
+    cells = [build_cell(m, spec, k, cfg.expansion, settings, cfg.seed, device, autocast, cfg.compile)
+             for m, k in wanted]
 
     eval_contexts = data_mod.take_contexts(
         data_mod.pack_contexts(data_mod.iter_documents(cfg.dataset, "eval"), tokenizer, cfg.context_length),
@@ -90,27 +133,81 @@ def run_benchmark(cfg: RunConfig) -> list[dict]:
         bar.update(eval_contexts[:n_ce].numel())
         baselines = Baselines(evaluator.per_sequence_ce(None), evaluator.per_sequence_ce(ZeroMLP()))
 
-    train_contexts = data_mod.pack_contexts(data_mod.iter_documents(cfg.dataset, "train"), tokenizer, cfg.context_length)
-    batches = shuffled_batches(model, layer, train_contexts, cfg.train_tokens, cfg.batch_size, cfg.lm_batch_size,
-                               cfg.buffer_tokens, cfg.seed, device)
-    with progress(f"training {len(cells)} cells", cfg.train_tokens) as bar:
-        def report(tokens: int, live: list[Cell]) -> None:
-            bar.update(tokens)
-            bar.set_postfix_str(" ".join(f"{c.method}/{c.k}:{c.last_loss:.3f}" for c in live[:4]), refresh=False)
-        train_cells(cells, batches, report)
+    train_with_checkpoints(cfg, model, tokenizer, layer, cells, run_dir / "checkpoints" / "_training",
+                           {k: base_row[k] for k in CELL_KEY if k not in ("method", "k")}, device, metrics)
 
     with progress("evaluating cells", len(cells)) as bar:
         for cell in cells:
-            store.append(evaluate_cell(cell, base_row, spec, model, x_eval, y_eval, evaluator, baselines))
+            row = evaluate_cell(cell, base_row, spec, model, x_eval, y_eval, evaluator, baselines)
+            if cell.status == "ok":  # the checkpoint exists before the row that points at it
+                name = f"{cell.method}-k{cell.k}"
+                save_layer(cell.layer, run_dir / "checkpoints" / name)
+                row["checkpoint"] = f"checkpoints/{name}"
+            store.append(row)
+            LOGGER.info("cell %s", json.dumps(row, sort_keys=True, default=str))
+            metrics.log({f"{k}/{cell.method}/k{cell.k}": row[k] for k in ("delta_ce", "nmse", "l0") if k in row})
+            if cell.status != "ok":
+                note(f"cell {cell.method} K={cell.k} failed: {cell.error}")
             bar.update(1)
+    shutil.rmtree(run_dir / "checkpoints" / "_training", ignore_errors=True)
     return store.rows()
+
+
+class CountingIterator:
+    """Counts the contexts drawn from a stream, so a resume knows how many to skip."""
+
+    def __init__(self, items, start: int = 0) -> None:
+        self._items = iter(items)
+        self.count = start
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        item = next(self._items)
+        self.count += 1
+        return item
+
+
+def train_with_checkpoints(cfg: RunConfig, model, tokenizer, layer: int, cells: list[Cell], state_dir: Path,
+                           settings_key: dict, device: torch.device, metrics: MetricsSink) -> None:
+    """Train all cells from one stream, resuming from and saving to ``state_dir``."""
+    served = consumed = 0
+    saved = load_progress(state_dir, cells, settings_key)
+    if saved:
+        restore_cells(state_dir, cells)
+        served, consumed = saved["tokens_served"], saved["contexts_consumed"]
+        note(f"resuming {len(cells)} cells at {served:,} of {cfg.train_tokens:,} tokens")
+    stream = data_mod.pack_contexts(data_mod.iter_documents(cfg.dataset, "train"), tokenizer, cfg.context_length)
+    contexts = CountingIterator(itertools.islice(stream, consumed, None), start=consumed)
+    batches = shuffled_batches(model, layer, contexts, cfg.train_tokens - served, cfg.batch_size,
+                               cfg.lm_batch_size, cfg.buffer_tokens, cfg.seed + consumed, device)
+    last_save = time.monotonic()
+    with progress(f"training {len(cells)} cells", cfg.train_tokens) as bar:
+        bar.update(served)
+
+        def report(tokens: int, live: list[Cell]) -> None:
+            nonlocal served, last_save
+            served += tokens
+            bar.update(tokens)
+            bar.set_postfix_str(" ".join(f"{c.method}/{c.k}:{c.last_loss:.3f}" for c in live[:4]), refresh=False)
+            metrics.log({f"loss/{c.method}/k{c.k}": c.last_loss for c in live}, step=served)
+            if time.monotonic() - last_save >= cfg.checkpoint_minutes * 60:
+                save_training_state(state_dir, cells, served, contexts.count, settings_key)
+                LOGGER.info("saved training state at %d tokens", served)
+                last_save = time.monotonic()
+
+        try:
+            train_cells(cells, batches, report)
+        finally:  # also on Ctrl-C: keep the work done so far (each file is replaced atomically)
+            save_training_state(state_dir, cells, served, contexts.count, settings_key)
 
 
 def evaluate_cell(cell: Cell, base_row: dict, spec: LayerSpec, model, x_eval, y_eval,
                   evaluator: CrossEntropyEvaluator, baselines: Baselines) -> dict:
     row = {**base_row, "method": cell.method, "k": cell.k, "status": cell.status, "error": cell.error,
            "n_params": cell.layer.n_params(), "n_units": cell.layer.n_units,
-           "method_config": cell.layer.to_config()["config"], "train_steps": cell.steps,
+           "method_config": cell.layer.to_config()["config"], "train_steps": cell.steps, "trained_tokens": cell.tokens,
            "train_time_s": round(cell.train_time_s, 2), "final_train_loss": cell.last_loss,
            "timestamp": timestamp()}
     if cell.status != "ok":
@@ -123,6 +220,22 @@ def evaluate_cell(cell: Cell, base_row: dict, spec: LayerSpec, model, x_eval, y_
     row.update(vars(ce))
     row["eval_time_s"] = round(time.perf_counter() - start, 2)
     return row
+
+
+def check_writable(run_dir: Path) -> None:
+    """Fail before any heavy work if results cannot be written (creating nothing)."""
+    existing = run_dir
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"results directory {run_dir} is not writable ({existing} is not a writable directory)")
+
+
+def check_dataset(dataset: str) -> None:
+    """A name that looks like a local path must exist (hub names are checked when streamed)."""
+    looks_local = dataset.startswith((".", "/", "~")) or Path(dataset).suffix in (".jsonl", ".json", ".txt", ".parquet")
+    if looks_local and not Path(dataset).expanduser().exists():
+        raise ValueError(f"dataset {dataset!r} does not exist; give wiki-offline, a hub dataset name, or a local file")
 
 
 def _base_mlp(model, layer: int):
@@ -139,6 +252,7 @@ def settings_row(cfg: RunConfig, model_id: str, layer: int, device: torch.device
         "ce_tokens": -(-cfg.ce_tokens // cfg.context_length) * (cfg.context_length - 1),
         "context_length": cfg.context_length, "batch_size": cfg.batch_size, "lr": cfg.lr,
         "warmup_steps": cfg.warmup_steps, "seed": cfg.seed, "device": str(device), "lm_dtype": str(dtype),
+        "precision": str(resolve_precision(cfg.precision, device) or torch.float32), "compile": cfg.compile,
         "hardware": hardware_description(device), "versions": package_versions(),
     }
 

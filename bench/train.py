@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import torch
@@ -41,7 +41,12 @@ class Cell:
     train_time_s: float = 0.0
     status: str = "ok"
     error: str | None = None
-    extra: dict = field(default_factory=dict)
+    autocast_dtype: torch.dtype | None = None  # bf16 compute over fp32 master weights
+    forward: Callable | None = None  # the layer, or its torch.compile'd twin
+
+
+# An NMSE this far above 1 (predicting the mean) means the optimisation has blown up.
+DIVERGED_NMSE = 1e6
 
 
 def warmup_then_constant(warmup_steps: int) -> Callable[[int], float]:
@@ -49,13 +54,18 @@ def warmup_then_constant(warmup_steps: int) -> Callable[[int], float]:
 
 
 def build_cell(method: str, spec: LayerSpec, k: int, expansion: int, settings: OptimiserSettings,
-               seed: int, device: torch.device | str = "cpu", **overrides) -> Cell:
-    """Create the method's layer (seeded, so a cell's init never depends on the others)."""
+               seed: int, device: torch.device | str = "cpu", autocast_dtype: torch.dtype | None = None,
+               compile: bool = False, **overrides) -> Cell:
+    """Create the method's layer (seeded, so a cell's init never depends on the others).
+
+    Parameters stay fp32 (the master weights); ``autocast_dtype`` only lowers the compute.
+    """
     torch.manual_seed(seed)
     layer = methods.create(method, spec, k=k, expansion=expansion, **overrides).to(device)
     optimiser = torch.optim.AdamW(layer.parameters(), lr=settings.lr, betas=settings.betas, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, warmup_then_constant(settings.warmup_steps))
-    return Cell(method, k, layer, optimiser, scheduler)
+    forward = torch.compile(layer) if compile else layer
+    return Cell(method, k, layer, optimiser, scheduler, autocast_dtype=autocast_dtype, forward=forward)
 
 
 def normalised_mse(estimate: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -68,10 +78,12 @@ def train_step(cell: Cell, x: torch.Tensor, y: torch.Tensor) -> None:
     """One AdamW step of one cell; marks the cell failed instead of raising on a bad loss."""
     start = time.perf_counter()
     source = y if cell.layer.input_site == "mlp_output" else x
-    estimate, _ = cell.layer(source)
-    loss = normalised_mse(estimate, y)
-    if not torch.isfinite(loss):
-        cell.status, cell.error = "failed", f"loss became {loss.item()} at step {cell.steps}"
+    with torch.autocast(x.device.type, dtype=cell.autocast_dtype or torch.float32,
+                        enabled=cell.autocast_dtype is not None):
+        estimate, _ = (cell.forward or cell.layer)(source)
+    loss = normalised_mse(estimate.float(), y)
+    if not torch.isfinite(loss) or loss.item() > DIVERGED_NMSE:
+        cell.status, cell.error = "failed", f"loss became {loss.item():.4g} at step {cell.steps} (diverged)"
         return
     cell.optimiser.zero_grad(set_to_none=True)
     loss.backward()

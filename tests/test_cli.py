@@ -1,5 +1,4 @@
 """End-to-end: `bench run` on a tiny random Llama and a local JSONL corpus, then resume and errors."""
-import json
 
 import pytest
 
@@ -12,7 +11,7 @@ TINY = ["--tokens", "2048", "--eval-tokens", "256", "--ce-tokens", "64", "--cont
 
 def _run(tmp_path, model_dir, corpus, *extra):
     return main(["run", "--model", str(model_dir), "--dataset", str(corpus), "--results-dir", str(tmp_path),
-                 "--run-name", "tiny", *TINY, *extra])
+                 "--run-name", "tiny", "--figures-dir", str(tmp_path / "figures"), *TINY, *extra])
 
 
 def test_bench_run_writes_a_row_per_cell(tmp_path, tiny_model_dir, corpus_file, capsys):
@@ -48,7 +47,7 @@ def test_rerun_skips_finished_cells_and_adds_new_ones(tmp_path, tiny_model_dir, 
 @pytest.mark.parametrize("args, message", [
     (["--methods", "tc,nope"], "unknown method 'nope'"),
     (["--k", "0"], "--k values must be >= 1, got 0"),
-    (["--tokens", "-5"], "--train-tokens must be a positive integer, got -5"),
+    (["--tokens", "-5"], "--tokens must be a positive integer, got -5"),
     (["--preset", "huge"], "unknown preset 'huge'"),
     (["--layer", "99"], "layer 99 is out of range"),
 ])
@@ -56,7 +55,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, tiny_model_dir, corpus_file,
     assert _run(tmp_path, tiny_model_dir, corpus_file, *args) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
-    assert not (tmp_path / "tiny" / "cells.jsonl").exists()
+    assert not (tmp_path / "tiny").exists(), "a refused run must write nothing"
 
 
 def test_methods_lists_every_registered_method(capsys):
@@ -67,3 +66,94 @@ def test_methods_lists_every_registered_method(capsys):
     for name in methods.method_names():
         assert name in out
     assert "expansion=" in out
+
+
+def test_unwritable_results_dir_and_missing_dataset_are_refused(tmp_path, tiny_model_dir, corpus_file, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["run", "--model", str(tiny_model_dir), "--dataset", str(corpus_file),
+                 "--results-dir", str(blocker / "sub"), *TINY]) == 2
+    assert "is not writable" in capsys.readouterr().err
+    assert _run(tmp_path, tiny_model_dir, tmp_path / "missing.jsonl") == 2
+    assert "missing.jsonl' does not exist" in capsys.readouterr().err
+
+
+def test_a_second_writer_is_refused_while_the_first_holds_the_lock(tmp_path, tiny_model_dir, corpus_file, capsys):
+    from bench.runlock import RunLock
+
+    with RunLock(tmp_path / "tiny"):
+        assert _run(tmp_path, tiny_model_dir, corpus_file, "--methods", "tc") == 2
+        assert "is in use by bench run pid" in capsys.readouterr().err
+    assert _run(tmp_path, tiny_model_dir, corpus_file, "--methods", "tc") == 0
+
+
+def test_checkpoints_are_written_and_reload_to_the_same_layer(tmp_path, tiny_model_dir, corpus_file):
+    import torch
+
+    from methods.checkpoint import load_layer
+
+    assert _run(tmp_path, tiny_model_dir, corpus_file, "--methods", "mxd", "--k", "2") == 0
+    (row,) = RunStore(tmp_path / "tiny").rows()
+    layer = load_layer(tmp_path / "tiny" / row["checkpoint"])
+    assert layer.n_params() == row["n_params"] and layer.config.k == 2
+    out, _ = layer(torch.randn(3, 32))
+    assert out.shape == (3, 32)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "--k", "a,b"], "argument --k: expected comma-separated integers, got 'a,b'"),
+    (["run", "--dtype", "int8"], "argument --dtype: invalid choice: 'int8'"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+    (["run", "--tokens", "many"], "argument --tokens: invalid int value: 'many'"),
+])
+def test_argument_errors_are_one_line(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and message in err and len(err.splitlines()) == 1
+
+
+def test_all_runs_each_distinct_method_once():
+    import methods
+    from bench.harness import expand_methods
+
+    names = expand_methods(["all"])
+    assert "lowrank-moe-r4" in names and "lowrank-moe" not in names  # the same class and settings
+    assert {"tc", "stc", "sae", "mxd", "mxd-glu", "lowrank-moe-r1", "lowrank-moe-r16"} <= set(names)
+    assert set(names) <= set(methods.method_names())
+    assert expand_methods(["tc", "tc", "mxd"]) == ["tc", "mxd"]
+
+
+def test_each_run_keeps_a_log_file(tmp_path, tiny_model_dir, corpus_file):
+    assert _run(tmp_path, tiny_model_dir, corpus_file, "--methods", "tc", "--k", "2") == 0
+    log = (tmp_path / "tiny" / "run.log").read_text()
+    assert "bench run {" in log and '"method": "tc"' in log
+
+
+def test_wandb_without_the_package_is_a_clear_error(tmp_path, tiny_model_dir, corpus_file, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    assert _run(tmp_path, tiny_model_dir, corpus_file, "--methods", "tc", "--wandb") == 2
+    assert "--wandb needs the wandb package" in capsys.readouterr().err
+    assert not (tmp_path / "tiny").exists()
+
+
+def test_run_ends_with_figures_and_a_report_that_plot_can_regenerate(tmp_path, tiny_model_dir, corpus_file):
+    assert _run(tmp_path, tiny_model_dir, corpus_file, "--methods", "tc,mxd") == 0
+    figures = tmp_path / "figures" / "tiny"
+    first = {p.name: p.read_bytes() for p in figures.glob("*.png")}
+    assert any(name.endswith("_ce_vs_k.png") for name in first) and len(first) >= 4
+    assert "## " in (tmp_path / "tiny" / "REPORT.md").read_text()
+    for path in figures.iterdir():
+        path.unlink()
+    assert main(["plot", str(tmp_path / "tiny"), "--out", str(tmp_path / "figures")]) == 0
+    assert {p.name: p.read_bytes() for p in figures.glob("*.png")} == first
+    assert main(["report", str(tmp_path / "tiny"), "--figures", str(tmp_path / "figures")]) == 0
+
+
+def test_plot_of_a_missing_run_is_a_clear_error(tmp_path, capsys):
+    assert main(["plot", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "nope" in err

@@ -30,7 +30,7 @@ def test_embedded_model_shape_and_tokenizer(embedded):
 
 def test_bench_run_on_the_embedded_default(tmp_path):
     code = main(["run", "--methods", "tc,mxd", "--k", "16", "--tokens", "4096", "--eval-tokens", "1024",
-                 "--ce-tokens", "256", "--results-dir", str(tmp_path), "--run-name", "embedded"])
+                 "--ce-tokens", "256", "--results-dir", str(tmp_path), "--run-name", "embedded", "--no-figures"])
     assert code == 0
     rows = RunStore(tmp_path / "embedded").rows()
     assert sorted(r["method"] for r in rows) == ["mxd", "tc"]

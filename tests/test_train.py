@@ -61,3 +61,21 @@ def test_a_diverging_cell_fails_alone():
     train_cells([good, bad], _teacher_batches(3))
     assert good.status == "ok" and good.steps == 3
     assert bad.status == "failed" and "loss became nan at step 0" in bad.error
+
+
+def test_an_exploding_cell_is_stopped_as_diverged():
+    cell = build_cell("tc", SPEC, 4, 4, OptimiserSettings(warmup_steps=1), seed=0)
+    with torch.no_grad():
+        cell.layer.b_out.fill_(1e6)
+    train_cells([cell], _teacher_batches(2))
+    assert cell.status == "failed" and "diverged" in cell.error and cell.steps == 0
+
+
+def test_bf16_autocast_keeps_fp32_master_weights_and_learns():
+    settings = OptimiserSettings(lr=3e-3, warmup_steps=5)
+    cell = build_cell("mxd", SPEC, 8, 4, settings, seed=0, autocast_dtype=torch.bfloat16)
+    x, y = next(_teacher_batches(1, seed=9))
+    before = normalised_mse(cell.layer(x)[0], y).item()
+    train_cells([cell], _teacher_batches(100))
+    assert all(p.dtype == torch.float32 for p in cell.layer.parameters())
+    assert cell.status == "ok" and normalised_mse(cell.layer(x)[0], y).item() < 0.5 * before
