@@ -1,0 +1,388 @@
+"""Figures regenerated from stored results alone: cells.jsonl in, PNG + PDF out, no model touched.
+
+Per (model, layer): CE with the layer spliced vs K (the paper's main figure), NMSE vs K, the
+Pareto frontier of CE increase vs L0 and vs parameter count, task accuracy vs K; plus one
+overview grid of delta CE vs K over every model/layer. Anything a run did not record is skipped,
+never guessed, so partial or in-progress runs still plot.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Callable, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: never needs a display, and renders identically everywhere
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import FuncFormatter, NullLocator  # noqa: E402
+
+from bench.style import (  # noqa: E402
+    RC, MethodStyle, figure_legend, k_axis, legend_right, log_y_if_wide, method_styles, ordered_methods, pad_y,
+    sanitize, save_figure,
+)
+
+log = logging.getLogger(__name__)
+
+REQUIRED = ("model", "layer", "method", "k")
+TASK_GROUPS = ("tasks", "tasks_clean", "tasks_zero")  # flattened to "<group>.<task>.<metric>"
+NUMERIC = (
+    "n_params", "n_units", "nmse", "l0", "dead_units", "dead_fraction", "ce_clean", "ce_spliced",
+    "ce_zero", "delta_ce", "delta_ce_stderr", "ce_recovered", "train_tokens", "eval_tokens",
+    "ce_tokens", "seed", "lr", "batch_size", "context_length", "train_time_s", "eval_time_s",
+)
+VARIANT_KEYS = ("expansion", "train_tokens", "seed", "dataset")  # harness cell-key fields beyond REQUIRED
+PRIMARY_METRICS = ("acc", "acc_norm", "exact_match", "f1")  # which task metric a figure shows
+FIGURE_KINDS = ("ce_vs_k", "nmse_vs_k", "pareto", "tasks_vs_k")
+OVERVIEW_STEM = "overview_delta_ce_vs_k"
+
+
+# ----------------------------------------------------------------------------- loading
+
+def _cells_file(path: Path) -> Path:
+    path = Path(path)
+    target = path / "cells.jsonl" if path.is_dir() else path
+    if not target.is_file():
+        raise FileNotFoundError(f"{target}: no such results file (expected a run directory or cells.jsonl)")
+    return target
+
+
+def _flatten(row: dict) -> dict:
+    """Nested task scores and versions become flat columns; every other key is kept as is."""
+    flat = {key: value for key, value in row.items() if key not in TASK_GROUPS and key != "versions"}
+    for group in TASK_GROUPS:
+        tasks = row.get(group)
+        for task, metrics in (tasks.items() if isinstance(tasks, dict) else ()):
+            for metric, value in (metrics.items() if isinstance(metrics, dict) else ()):
+                flat[f"{group}.{task}.{metric}"] = value
+    versions = row.get("versions")
+    for name, value in (versions.items() if isinstance(versions, dict) else ()):
+        flat[f"versions.{name}"] = value
+    return flat
+
+
+def _read_one(path: Path) -> pd.DataFrame:
+    rows = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            row = err.msg
+        if not isinstance(row, dict):  # skipped like bench.results does: one bad line must not hide a run
+            log.warning("%s:%d: skipped, not a JSON object (%s)", path, lineno, row)
+            continue
+        rows.append(_flatten(row))
+    if not rows:
+        raise ValueError(f"{path}: holds no result rows")
+    frame = pd.DataFrame(rows)
+    for column in REQUIRED:
+        if column not in frame.columns:
+            raise ValueError(f"{path}: required column {column!r} is missing")
+        if frame[column].isna().any():
+            raise ValueError(f"{path}: required column {column!r} is empty in some rows")
+    for column in ("layer", "k"):
+        values = pd.to_numeric(frame[column], errors="coerce")
+        if values.isna().any() or (values % 1 != 0).any():
+            raise ValueError(f"{path}: required column {column!r} must hold integers")
+        frame[column] = values.astype(int)
+    frame["model"] = frame["model"].astype(str)
+    frame["method"] = frame["method"].astype(str)
+    frame["source_file"] = str(path)
+    return frame
+
+
+def read_cells(paths: Sequence[Path] | Path) -> pd.DataFrame:
+    """Every row of every file, failed ones included, in file order (the report needs the failures)."""
+    if isinstance(paths, (str, Path)):
+        paths = [Path(paths)]
+    if not paths:
+        raise ValueError("no results files given")
+    frame = pd.concat([_read_one(_cells_file(Path(p))) for p in paths], ignore_index=True, sort=False)
+    if "status" not in frame.columns:
+        frame["status"] = "ok"  # a row without a status recorded metrics, so count it
+    frame["status"] = frame["status"].fillna("ok").astype(str)
+    for column in [c for c in frame.columns if c in NUMERIC or c.startswith(TASK_GROUPS)]:
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    if {"ce_spliced", "ce_clean"} <= set(frame.columns):  # derive what the writer left out
+        derived = frame["ce_spliced"] - frame["ce_clean"]
+        frame["delta_ce"] = frame["delta_ce"].fillna(derived) if "delta_ce" in frame else derived
+        if "ce_zero" in frame.columns:
+            recovered = (frame["ce_zero"] - frame["ce_spliced"]) / (frame["ce_zero"] - frame["ce_clean"])
+            frame["ce_recovered"] = frame.get("ce_recovered", recovered).fillna(recovered)
+    return frame
+
+
+def load_results(paths: Sequence[Path] | Path) -> pd.DataFrame:
+    """The plottable rows: status "ok" only, and for a cell stored twice the later row wins."""
+    frame = read_cells(paths)
+    numeric = frame.select_dtypes("number").columns
+    frame[numeric] = frame[numeric].replace([np.inf, -np.inf], np.nan)  # a diverged cell has no place on an axis
+    ok = frame[frame["status"] == "ok"]
+    repeated = ok[ok.duplicated(subset=list(REQUIRED), keep=False)]
+    keys = [repeated[k] for k in REQUIRED]
+    varied = [c for c in VARIANT_KEYS
+              if c in repeated.columns and repeated[c].astype(str).groupby(keys).nunique().gt(1).any()]
+    if varied:  # e.g. two runs with different seeds combined: only the last of each cell is plotted
+        log.warning("cells repeated with different %s; keeping the last row of each", ", ".join(varied))
+    return ok.drop_duplicates(subset=list(REQUIRED), keep="last").reset_index(drop=True)
+
+
+def task_metrics(frame: pd.DataFrame) -> list[tuple[str, str]]:
+    """(task, metric) pairs with any spliced score in ``frame``: one metric per task, acc preferred."""
+    found: dict[str, list[str]] = {}
+    for column in frame.columns:
+        if column.startswith("tasks.") and not column.endswith("_stderr") and frame[column].notna().any():
+            task, metric = column[len("tasks."):].rsplit(".", 1)
+            found.setdefault(task, []).append(metric)
+    pairs = []
+    for task in sorted(found):
+        preferred = [m for m in PRIMARY_METRICS if m in found[task]]
+        pairs.append((task, preferred[0] if preferred else sorted(found[task])[0]))
+    return pairs
+
+
+def figure_stem(model: str, layer: int, kind: str) -> str:
+    """File name without extension, e.g. 'EleutherAI_pythia-410m_L15_ce_vs_k'."""
+    return f"{sanitize(model)}_L{int(layer)}_{kind}"
+
+
+# ----------------------------------------------------------------------------- axes helpers
+
+def _human(value: float) -> str:
+    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g}{suffix}"
+    return f"{value:.3g}"
+
+
+def _median(frame: pd.DataFrame, column: str) -> float | None:
+    if column not in frame.columns or frame[column].isna().all():
+        return None
+    return float(frame[column].median())
+
+
+def _title(model: str, layer: int, frame: pd.DataFrame) -> str:
+    title = f"{model} · layer {layer}"
+    if "train_tokens" in frame.columns and frame["train_tokens"].notna().any():
+        lo, hi = frame["train_tokens"].min(), frame["train_tokens"].max()
+        tokens = _human(lo) if lo == hi else f"{_human(lo)}–{_human(hi)}"
+        title += f" · {tokens} train tokens"
+    return title
+
+
+def _method_lines(ax: Axes, frame: pd.DataFrame, y: str, yerr: str | None,
+                  styles: dict[str, MethodStyle], dodge: float = 0.0) -> None:
+    """One line per method over K, with error bars where a stderr was recorded.
+
+    ``dodge`` shifts method i by a fraction of an octave so overlapping error bars stay apart.
+    """
+    methods = ordered_methods(frame["method"])
+    for i, method in enumerate(methods):
+        sub = frame[frame["method"] == method].dropna(subset=[y]).sort_values("k")
+        if sub.empty:
+            continue
+        err = None
+        if yerr and yerr in sub.columns and sub[yerr].notna().any():
+            err = sub[yerr].fillna(0).clip(lower=0).to_numpy()
+        style = styles[method]
+        shift = 2.0 ** (dodge * (i - (len(methods) - 1) / 2))
+        ax.errorbar(sub["k"] * shift, sub[y], yerr=err, color=style.color, marker=style.marker, label=method,
+                    lw=1.6, ms=5.5, capsize=2.5, elinewidth=1)
+
+
+def _with_errors(frame: pd.DataFrame, y: str, yerr: str) -> list[float]:
+    """Every y value and error-bar end, so axis limits can be set to include them all."""
+    values = frame[y].dropna()
+    err = frame[yerr].reindex(values.index).fillna(0) if yerr in frame.columns else 0 * values
+    return [*values, *(values + err), *(values - err)]
+
+
+def _has(frame: pd.DataFrame, *columns: str) -> bool:
+    return all(c in frame.columns for c in columns) and frame[list(columns)].notna().all(axis=1).any()
+
+
+# ----------------------------------------------------------------------------- figures
+
+def plot_ce_vs_k(frame: pd.DataFrame, styles: dict[str, MethodStyle], title: str) -> Figure | None:
+    """The paper's main figure: spliced CE per method over K, against the clean model's CE."""
+    if not _has(frame, "ce_spliced"):
+        return None
+    fig, ax = plt.subplots(figsize=(6.8, 4.2), layout="constrained")
+    _method_lines(ax, frame, "ce_spliced", "delta_ce_stderr", styles)
+    clean, zero = _median(frame, "ce_clean"), _median(frame, "ce_zero")
+    if clean is not None:
+        ax.axhline(clean, color="black", ls="--", lw=1.2, label=f"clean model ({clean:.4f})")
+    shown = _with_errors(frame, "ce_spliced", "delta_ce_stderr") + ([clean] if clean is not None else [])
+    span = max(max(shown) - min(shown), 1e-3)
+    if zero is not None and zero <= max(shown) + 2 * span:  # only if it leaves the data readable
+        ax.axhline(zero, color="0.3", ls=":", lw=1.4, label=f"zero-ablated ({zero:.4f})")
+        shown.append(zero)
+    elif zero is not None:
+        title += f"\nzero-ablated MLP: CE {zero:.4f} (off this scale)"
+    pad_y(ax, shown)
+    ax.ticklabel_format(axis="y", useOffset=False)
+    k_axis(ax, frame["k"])
+    ax.set_ylabel("CE with layer spliced (nats/token)")
+    ax.set_title(title)
+    legend_right(ax)
+    return fig
+
+
+def plot_nmse_vs_k(frame: pd.DataFrame, styles: dict[str, MethodStyle], title: str) -> Figure | None:
+    """Reconstruction error over K; log y when methods differ by orders of magnitude."""
+    if not _has(frame, "nmse"):
+        return None
+    fig, ax = plt.subplots(figsize=(6.8, 4.2), layout="constrained")
+    _method_lines(ax, frame, "nmse", None, styles)
+    log_y_if_wide(ax, frame["nmse"])
+    k_axis(ax, frame["k"])
+    ax.set_ylabel("NMSE (held-out tokens)")
+    ax.set_title(title)
+    legend_right(ax)
+    return fig
+
+
+def pareto_front(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Mask of points no other point beats on both x and y (lower is better on both)."""
+    mask = np.zeros(len(x), dtype=bool)
+    best = math.inf
+    for i in np.lexsort((y, x)):
+        if y[i] < best:
+            mask[i], best = True, y[i]
+    return mask
+
+
+def _pareto_panel(ax: Axes, frame: pd.DataFrame, x: str, styles: dict[str, MethodStyle]) -> None:
+    points = frame.dropna(subset=[x, "delta_ce"]).copy()
+    if x == "n_params":
+        points[x] = points[x] / 1e6  # millions: parameter-matched methods differ in the 4th digit
+    for method in ordered_methods(points["method"]):
+        sub = points[points["method"] == method]
+        style = styles[method]
+        ax.scatter(sub[x], sub["delta_ce"], color=style.color, marker=style.marker, s=42, label=method, zorder=3)
+    front = points[pareto_front(points[x].to_numpy(float), points["delta_ce"].to_numpy(float))].sort_values(x)
+    ax.step(front[x], front["delta_ce"], where="post", color="black", lw=1.0, alpha=0.7, zorder=2,
+            label="Pareto frontier")
+    ax.scatter(front[x], front["delta_ce"], s=130, facecolors="none", edgecolors="black", lw=1.0, zorder=4)
+    if (points[x] > 0).all() and points[x].max() / points[x].min() >= 4:
+        ax.set_xscale("log", base=2 if x == "l0" else 10)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_locator(NullLocator())
+    else:
+        ax.ticklabel_format(axis="x", useOffset=False)
+        ax.locator_params(axis="x", nbins=5)
+    log_y_if_wide(ax, points["delta_ce"])
+    ax.set_xlabel("L0 (mean active units per token)" if x == "l0" else "parameters (millions)")
+    ax.set_ylabel("ΔCE (spliced − clean)")
+
+
+def plot_pareto(frame: pd.DataFrame, styles: dict[str, MethodStyle], title: str) -> Figure | None:
+    """CE increase against sparsity (L0) and against size (params); circled points are the frontier."""
+    axes_x = [x for x in ("l0", "n_params") if _has(frame, x, "delta_ce")]
+    if not axes_x:
+        return None
+    fig, axes = plt.subplots(1, len(axes_x), figsize=(4.4 * len(axes_x) + 1.6, 4.0), layout="constrained",
+                             squeeze=False)
+    for ax, x in zip(axes[0], axes_x):
+        _pareto_panel(ax, frame, x, styles)
+    figure_legend(fig, axes[0])
+    fig.suptitle(title)
+    return fig
+
+
+def plot_tasks_vs_k(frame: pd.DataFrame, styles: dict[str, MethodStyle], title: str) -> Figure | None:
+    """Downstream accuracy per task over K, between the clean and zero-ablated model's scores."""
+    pairs = task_metrics(frame)
+    if not pairs:
+        return None
+    ncols = min(3, len(pairs))
+    nrows = math.ceil(len(pairs) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.0 * ncols + 1.6, 3.3 * nrows + 0.5),
+                             layout="constrained", squeeze=False)
+    for ax, (task, metric) in zip(axes.flat, pairs):
+        _method_lines(ax, frame, f"tasks.{task}.{metric}", f"tasks.{task}.{metric}_stderr", styles, dodge=0.06)
+        shown = _with_errors(frame, f"tasks.{task}.{metric}", f"tasks.{task}.{metric}_stderr")
+        for group, style, name in (("tasks_clean", "--", "clean model"), ("tasks_zero", ":", "zero-ablated")):
+            value = _median(frame, f"{group}.{task}.{metric}")
+            if value is not None:
+                ax.axhline(value, color="black" if group == "tasks_clean" else "0.3", ls=style, lw=1.2, label=name)
+                shown.append(value)
+        pad_y(ax, shown)
+        ax.ticklabel_format(axis="y", useOffset=False)
+        k_axis(ax, frame["k"])
+        ax.set_title(task)
+        ax.set_ylabel(f"{metric} (layer spliced)")
+    for ax in list(axes.flat)[len(pairs):]:
+        ax.set_visible(False)
+    figure_legend(fig, list(axes.flat))
+    fig.suptitle(title)
+    return fig
+
+
+def plot_overview(frame: pd.DataFrame, styles: dict[str, MethodStyle]) -> Figure | None:
+    """One panel per (model, layer): delta CE over K, the quickest read of a whole run."""
+    groups = [(key, g) for key, g in frame.groupby(["model", "layer"], sort=True) if _has(g, "delta_ce")]
+    if not groups:
+        return None
+    ncols = min(3, len(groups))
+    nrows = math.ceil(len(groups) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.0 * ncols + 1.6, 3.3 * nrows + 0.6),
+                             layout="constrained", squeeze=False)
+    for ax, ((model, layer), group) in zip(axes.flat, groups):
+        _method_lines(ax, group, "delta_ce", "delta_ce_stderr", styles)
+        log_y_if_wide(ax, group["delta_ce"])
+        if ax.get_yscale() == "linear":
+            ax.axhline(0.0, color="black", ls="--", lw=1.0)
+        k_axis(ax, group["k"])
+        ax.set_title(_title(model, layer, group), fontsize=9.5)
+        ax.set_ylabel("ΔCE (spliced − clean)")
+    for ax in list(axes.flat)[len(groups):]:
+        ax.set_visible(False)
+    figure_legend(fig, list(axes.flat))
+    fig.suptitle("CE increase with the MLP layer spliced in, every model")
+    return fig
+
+
+FIGURES: dict[str, Callable[[pd.DataFrame, dict[str, MethodStyle], str], Figure | None]] = {
+    "ce_vs_k": plot_ce_vs_k,
+    "nmse_vs_k": plot_nmse_vs_k,
+    "pareto": plot_pareto,
+    "tasks_vs_k": plot_tasks_vs_k,
+}
+
+
+def _save(fig: Figure | None, stem: Path) -> list[Path]:
+    if fig is None:
+        return []
+    try:
+        return save_figure(fig, stem)
+    finally:
+        plt.close(fig)
+
+
+def plot_results(paths: Sequence[Path] | Path, out_dir: Path) -> list[Path]:
+    """Write every figure the stored rows support to out_dir; returns the PNG and PDF paths written."""
+    paths = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
+    frame = load_results(paths)
+    out_dir = Path(out_dir)
+    if frame.empty:
+        log.warning("no successful cells in %s: nothing to plot", ", ".join(map(str, paths)))
+        return []
+    styles = method_styles(frame["method"])
+    written: list[Path] = []
+    with plt.rc_context(RC):
+        for (model, layer), group in frame.groupby(["model", "layer"], sort=True):
+            title = _title(model, layer, group)
+            for kind, make in FIGURES.items():
+                written += _save(make(group, styles, title), out_dir / figure_stem(model, layer, kind))
+        written += _save(plot_overview(frame, styles), out_dir / OVERVIEW_STEM)
+    return written

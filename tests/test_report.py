@@ -1,0 +1,90 @@
+"""REPORT.md from a synthetic run: settings, every method, a known row's numbers, failures, links."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from bench.plots import FIGURE_KINDS, OVERVIEW_STEM, figure_stem
+from bench.report import write_report
+from tests.test_plots import METHODS, MODELS, make_row, synthetic_rows, write_cells
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    return write_cells(tmp_path / "results" / "synthetic", synthetic_rows()).parent
+
+
+@pytest.fixture
+def figures_dir(tmp_path: Path) -> Path:
+    """Stand-in figure files: the report only links them, so their content does not matter."""
+    figures = tmp_path / "figures" / "synthetic"
+    figures.mkdir(parents=True)
+    stems = [figure_stem(m, layer, kind) for m, (layer, _, _) in MODELS.items() for kind in FIGURE_KINDS]
+    for stem in stems + [OVERVIEW_STEM]:
+        for ext in ("png", "pdf"):
+            (figures / f"{stem}.{ext}").write_bytes(b"fake")
+    return figures
+
+
+def row_line(text: str, model_heading: str, method: str, k: int) -> str:
+    """The metrics-table line of one cell inside one model's section."""
+    section = text.split(f"## {model_heading}", 1)[1].split("\n## ", 1)[0]
+    lines = [line for line in section.splitlines() if line.startswith(f"| {method} | {k} |")]
+    assert len(lines) == 1, section
+    return lines[0]
+
+
+def test_report_lists_settings_methods_and_a_known_row(run_dir: Path, figures_dir: Path) -> None:
+    report = write_report(run_dir, figures_dir)
+    assert report == run_dir / "REPORT.md"
+    text = report.read_text()
+    for expected in ("preset | paper", "train tokens | 480,000,000", "torch | 2.5.0", "NVIDIA H100",
+                     "learning rate | 0.0001", "batch size | 4,096"):
+        assert expected in text
+    for method in METHODS:
+        assert f"| {method} |" in text
+    known = make_row("gpt2", "tc", 16)
+    line = row_line(text, "gpt2 · layer 8", "tc", 16)
+    for number in (f"{known['ce_spliced']:.4f}", "+0.0300 ± 0.0030", f"{known['ce_recovered']:.3f}",
+                   "0.0500", f"{known['n_params']:,}", "0.560 ± 0.011", "20.6 min", "16.0"):
+        assert number in line, (number, line)
+    assert "Clean model CE: **3.6011**; zero-ablated MLP CE: **3.9500**" in text
+    assert "piqa acc 0.625 / 0.550" in text
+
+
+def test_failed_cells_are_listed_with_their_error(run_dir: Path, figures_dir: Path) -> None:
+    text = write_report(run_dir, figures_dir).read_text()
+    failures = text.split("## Failed cells", 1)[1]
+    assert "| gpt2 | 8 | mxd | 256 | failed | CUDA out of memory \\| tried to allocate 2 GiB |" in failures
+    assert re.search(r"\| mxd \| 3\.\d{4} \| 3\.\d{4} \| failed \|", text)  # the CE grid marks it too
+
+
+def test_figures_are_linked_relative_to_the_report(run_dir: Path, figures_dir: Path) -> None:
+    report = write_report(run_dir, figures_dir)
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report.read_text())
+    assert len(links) == len(MODELS) * len(FIGURE_KINDS) + 1
+    assert all(not Path(link).is_absolute() and (report.parent / link).is_file() for link in links)
+    assert "../../figures/synthetic/gpt2_L8_ce_vs_k.png" in links
+
+
+def test_report_without_figures_says_so(run_dir: Path, tmp_path: Path) -> None:
+    text = write_report(run_dir / "cells.jsonl", tmp_path / "empty").read_text()
+    assert "![" not in text and "No figures found" in text
+
+
+def test_run_where_every_cell_failed_still_reports(tmp_path: Path) -> None:
+    rows = [{"model": "gpt2", "layer": 8, "method": m, "k": 16, "status": "failed", "error": "boom"}
+            for m in METHODS]
+    run = write_cells(tmp_path / "r", rows).parent
+    text = write_report(run, tmp_path / "figs").read_text()
+    assert text.count("| boom |") == len(METHODS)
+    assert "0 ok, 3 failed" in text
+
+
+def test_a_later_successful_retry_replaces_the_failure(tmp_path: Path) -> None:
+    rows = [{"model": "gpt2", "layer": 8, "method": "tc", "k": 16, "status": "failed", "error": "boom"},
+            make_row("gpt2", "tc", 16)]
+    text = write_report(write_cells(tmp_path / "r", rows).parent, tmp_path / "figs").read_text()
+    assert "boom" not in text and "3.6311" in text
