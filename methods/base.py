@@ -143,6 +143,7 @@ def normalise_rows_(weight: torch.Tensor, eps: float = 1e-8) -> None:
     weight.div_(weight.norm(dim=-1, keepdim=True).clamp_min(eps))
 
 
+@torch.no_grad()  # else the projection records a graph into .grad, keeping weight's history alive
 def remove_parallel_gradient_(weight: nn.Parameter) -> None:
     """Project out the gradient component parallel to each (unit-norm) row of ``weight``.
 

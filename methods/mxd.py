@@ -12,6 +12,12 @@ Init: D = 0, C ~ U(-1, 1) with unit-norm columns (kept so), biases 0.
 Parameter matching to a TC of width H_tc = expansion * d (PAPER.md's rule):
     N = round((P_tc - (2 d H + H_tc + d)) / (2 d + 1)),   P_tc = 2 d H_tc + H_tc + d
 (GPT-2 small: N = 21,490). The MxD then has 2 d H + H + d + N (2 d + 1) parameters.
+(The rule subtracts the TC's H_tc encoder biases, not the MxD's own H, so an MxD lands about
+H_tc - H parameters under the budget: 0.06 % for GPT-2 small.)
+
+``mxd-glu`` keeps the base model's GLU for the dense branch (Llama, Gemma):
+    z = act(W_gate x) * (W_up x)              no biases; act = the base MLP's activation
+costing 3 d H weights and no biases; N follows the same rule with 3 d H as the dense cost.
 """
 from __future__ import annotations
 
@@ -130,3 +136,37 @@ class MixtureOfDecoders(SparseLayer):
     def expected_n_params(cls, spec: LayerSpec, config: MxDConfig) -> int:
         hidden, n, d = cls.hidden_for(spec, config), cls.n_experts_for(spec, config), spec.d_model
         return cls.dense_branch_params(spec, hidden) + cls.dense_branch_biases(hidden) + d + n * (2 * d + 1)
+
+
+@dataclass
+class MxDGLUConfig(MxDConfig):
+    """``activation`` None means the base MLP's own (``spec.activation``)."""
+
+    activation: str | None = None
+
+
+@register("mxd-glu")
+class MixtureOfDecodersGLU(MixtureOfDecoders):
+    """MxD whose dense branch is the base model's GLU, so it can start from the MLP's weights:
+    copy gate_proj, up_proj and D = down_proj^T; with N = 1, c = 1 and a = 1 it IS that MLP."""
+
+    Config = MxDGLUConfig
+    description = "MxD with a GLU hidden layer: (D^T (act(W_g x) * W_u x)) * (C TopK(ReLU(G x))) + b"
+
+    def build_hidden(self, d: int) -> None:
+        # HF names, so a base MLP's weights copy over by name; ``self.gate`` is the expert gate G.
+        self.gate_proj = nn.Linear(d, self.hidden, bias=False)
+        self.up_proj = nn.Linear(d, self.hidden, bias=False)
+        self.act = ACT2FN[self.config.activation or self.spec.activation]
+
+    def hidden_activations(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.gate_proj(x)) * self.up_proj(x)
+
+    @classmethod
+    def dense_branch_params(cls, spec: LayerSpec, hidden: int) -> int:
+        """W_gate, W_up and D: 3 d H."""
+        return 3 * spec.d_model * hidden
+
+    @classmethod
+    def dense_branch_biases(cls, hidden: int) -> int:
+        return 0

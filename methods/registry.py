@@ -47,14 +47,14 @@ def register(name: str, **defaults: Any) -> Callable[[type[SparseLayer]], type[S
     def decorate(cls: type[SparseLayer]) -> type[SparseLayer]:
         if not (isinstance(cls, type) and issubclass(cls, SparseLayer)):
             raise TypeError(f"@register({name!r}) needs a SparseLayer subclass, got {cls!r}")
-        if name in _REGISTRY and _REGISTRY[name].cls is not cls:
+        if name in _REGISTRY and not _same_class(_REGISTRY[name].cls, cls):
             raise ValueError(f"method name {name!r} is already registered by {_REGISTRY[name].cls.__qualname__}")
         known = {f.name for f in dataclasses.fields(cls.Config)}
         unknown = set(defaults) - known
         if unknown:
             raise TypeError(f"@register({name!r}): {sorted(unknown)} are not fields of {cls.Config.__name__}")
         _REGISTRY[name] = RegisteredMethod(name, cls, dict(defaults))
-        if not cls.name:
+        if "name" not in vars(cls):  # own name only: a subclass must not report its parent's name
             cls.name = name
         return cls
 
@@ -100,16 +100,28 @@ def load_entry_points() -> list[str]:
 
 def load_plugin(path: str | Path) -> None:
     """Import a single Python file so that its ``@register`` calls run."""
-    path = Path(path)
+    path = Path(path).resolve()
     if not path.is_file():
         raise FileNotFoundError(f"plugin file {str(path)!r} does not exist")
     module_name = f"mxbench_plugin_{path.stem}"
+    loaded = sys.modules.get(module_name)
+    if loaded is not None and Path(getattr(loaded, "__file__", "")).resolve() == path:
+        return  # already imported: loading twice (e.g. once per cell) is a no-op
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot import plugin {str(path)!r}: not a Python file")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[module_name]  # a failed import must not look loaded next time
+        raise
+
+
+def _same_class(a: type, b: type) -> bool:
+    """The same class, or the same class re-imported (module reload, notebook autoreload)."""
+    return a is b or (a.__module__, a.__qualname__) == (b.__module__, b.__qualname__)
 
 
 def _field_default(f: dataclasses.Field) -> Any:

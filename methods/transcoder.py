@@ -1,7 +1,8 @@
-"""TopK transcoder (neuron-level sparsity).
+"""TopK transcoder (neuron-level sparsity) and skip transcoder.
 
-    z     = TopK_K(ReLU(W_enc x + b_enc))          in R^H,  H = expansion * d
-    y_hat = W_dec z + b_out
+TC:     z     = TopK_K(ReLU(W_enc x + b_enc))          in R^H,  H = expansion * d
+        y_hat = W_dec z + b_out
+STC:    y_hat = W_dec z + b_out + W_skip x             W_skip in R^{d x d}, no bias
 
 Each latent's decoder direction (a row of ``decoder``) is kept at unit norm: the parallel
 gradient component is projected out before each step and rows renormalised after it.
@@ -23,6 +24,7 @@ from methods.base import (
     remove_parallel_gradient_,
     sparse_decode,
     topk_relu,
+    transcoder_budget,
 )
 from methods.registry import register
 
@@ -75,3 +77,66 @@ class Transcoder(SparseLayer):
     def expected_n_params(cls, spec: LayerSpec, config: TranscoderConfig) -> int:
         width, d = cls.width_for(spec, config), spec.d_model
         return 2 * d * width + width + d
+
+
+# Rows whose norm is within this of 1 count as on the unit sphere (float32 renormalisation
+# leaves norms a few ulps either side of 1).
+_ON_SPHERE = 1e-4
+
+
+@register("stc")
+class SkipTranscoder(Transcoder):
+    """Skip transcoder: a TC plus a linear skip path W_skip x; W_skip and W_dec start at zero.
+
+    Decoder constraint: rows are kept in the unit BALL (norm <= 1), not on the sphere. A
+    zero-initialised row has no direction to renormalise (dividing by its zero norm is
+    undefined, and renormalising the first tiny update would jump it to norm 1, undoing the
+    zero init). So rows grow freely from zero; a row that reaches norm 1 is clipped back to
+    it and from then on is treated exactly like a TC row (parallel gradient projected out).
+
+    Parameter matching: the skip costs d^2, so the width shrinks to
+        H = round((P_tc - d - d^2) / (2 d + 1))          (about H_tc - d / 2)
+    with ``match_params``; otherwise H = expansion * d (or ``width``).
+    """
+
+    description = "Skip transcoder: TC + W_skip x (both zero-init), decoder rows kept in the unit ball"
+
+    def __init__(self, spec: LayerSpec, config: TranscoderConfig) -> None:
+        super().__init__(spec, config)
+        self.skip = nn.Linear(spec.d_model, spec.d_model, bias=False)
+        with torch.no_grad():
+            self.skip.weight.zero_()
+            self.decoder.zero_()
+
+    @staticmethod
+    def width_for(spec: LayerSpec, config: TranscoderConfig) -> int:
+        if config.width is not None or not config.match_params:
+            return Transcoder.width_for(spec, config)
+        d = spec.d_model
+        width = round((transcoder_budget(spec, config.expansion) - d - d * d) / (2 * d + 1))
+        if width < 1:
+            raise ValueError(f"expansion={config.expansion} cannot pay for the d x d skip at d={d}")
+        return width
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, SparseCodes]:
+        y_hat, codes = super().forward(x)
+        return y_hat + self.skip(x), codes
+
+    @torch.no_grad()
+    def project_gradients(self) -> None:
+        grad = self.decoder.grad
+        if grad is None:
+            return
+        norms = self.decoder.norm(dim=-1, keepdim=True)
+        unit = self.decoder / norms.clamp_min(1e-8)
+        parallel = (grad * unit).sum(dim=-1, keepdim=True)
+        on_sphere = norms >= 1 - _ON_SPHERE  # rows inside the ball are unconstrained
+        grad.sub_(torch.where(on_sphere, parallel, 0.0) * unit)
+
+    @torch.no_grad()
+    def constrain(self) -> None:
+        self.decoder.div_(self.decoder.norm(dim=-1, keepdim=True).clamp_min(1.0))
+
+    @classmethod
+    def expected_n_params(cls, spec: LayerSpec, config: TranscoderConfig) -> int:
+        return super().expected_n_params(spec, config) + spec.d_model**2
