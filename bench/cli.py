@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="sparse layers' compute (auto: bf16 autocast with fp32 master weights on GPU, fp32 on CPU)")
     run.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                      help="torch.compile the sparse layers (off by default)")
+    run.add_argument("--memory-budget-gb", type=float, default=None,
+                     help="memory the sparse layers may use together (default: what the device has free); "
+                          "cells beyond it train in groups, one LM pass each")
     run.add_argument("--wandb", action="store_true", default=None,
                      help="also log losses and metrics to Weights & Biases (needs `pip install wandb`)")
     run.add_argument("--device", default=None, help="auto (default), cpu or cuda")
@@ -163,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
 
 INT_SETTINGS = ("layer", "expansion", "train_tokens", "eval_tokens", "ce_tokens", "context_length", "batch_size",
                 "lm_batch_size", "ce_batch_size", "buffer_tokens", "warmup_steps", "seed")
-FLOAT_SETTINGS = ("lr", "checkpoint_minutes")
+FLOAT_SETTINGS = ("lr", "checkpoint_minutes", "memory_budget_gb")
 STR_SETTINGS = ("model", "dataset", "device", "dtype", "precision", "results_dir", "run_name")
 
 

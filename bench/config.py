@@ -35,6 +35,7 @@ class RunConfig:
     dtype: str = "auto"  # the LM's dtype: bf16 on GPU, fp32 on CPU
     precision: str = "auto"  # sparse layers' compute: bf16 autocast on GPU (fp32 master weights), fp32 on CPU
     compile: bool = False  # torch.compile each sparse layer's forward
+    memory_budget_gb: float | None = None  # None: free device memory; cells beyond it train in groups
     wandb: bool = False  # also log to Weights & Biases (needs `pip install wandb`)
     preset: str = "smoke"
     results_dir: str = "results"

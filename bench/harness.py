@@ -23,6 +23,7 @@ from bench.activations import collect_all, shuffled_batches
 from bench.config import RunConfig
 from bench.evaluate import CrossEntropyEvaluator, compare_ce, reconstruction_metrics
 from bench.models import check_layer, check_layer_in_config, default_layer, layer_spec, load_model
+from bench.grouping import cell_bytes, memory_budget, plan_groups
 from bench.logs import LOGGER, MetricsSink, note, run_log
 from bench.runlock import RunLock
 from bench.results import CELL_KEY, RunStore, cell_key, hardware_description, package_versions, timestamp
@@ -116,10 +117,10 @@ def _run_locked(cfg: RunConfig, method_names: list[str], device: torch.device, d
     if not wanted:
         note(f"all {len(method_names) * len(cfg.ks)} cells of {run_dir} are finished; nothing to do")
         return store.rows()
-    settings = OptimiserSettings(lr=cfg.lr, warmup_steps=cfg.warmup_steps)
-    autocast = resolve_precision(cfg.precision, device)
-    cells = [build_cell(m, spec, k, cfg.expansion, settings, cfg.seed, device, autocast, cfg.compile)
-             for m, k in wanted]
+    for method, k in wanted:  # constructor checks (K <= units, ...) now, on no memory at all
+        with torch.device("meta"):
+            methods.create(method, spec, k=k, expansion=cfg.expansion)
+    groups = plan_cell_groups(cfg, spec, wanted, device)
 
     eval_contexts = data_mod.take_contexts(
         data_mod.pack_contexts(data_mod.iter_documents(cfg.dataset, "eval"), tokenizer, cfg.context_length),
@@ -133,22 +134,19 @@ def _run_locked(cfg: RunConfig, method_names: list[str], device: torch.device, d
         bar.update(eval_contexts[:n_ce].numel())
         baselines = Baselines(evaluator.per_sequence_ce(None), evaluator.per_sequence_ce(ZeroMLP()))
 
-    train_with_checkpoints(cfg, model, tokenizer, layer, cells, run_dir / "checkpoints" / "_training",
-                           {k: base_row[k] for k in CELL_KEY if k not in ("method", "k")}, device, metrics)
-
-    with progress("evaluating cells", len(cells)) as bar:
-        for cell in cells:
-            row = evaluate_cell(cell, base_row, spec, model, x_eval, y_eval, evaluator, baselines)
-            if cell.status == "ok":  # the checkpoint exists before the row that points at it
-                name = f"{cell.method}-k{cell.k}"
-                save_layer(cell.layer, run_dir / "checkpoints" / name)
-                row["checkpoint"] = f"checkpoints/{name}"
-            store.append(row)
-            LOGGER.info("cell %s", json.dumps(row, sort_keys=True, default=str))
-            metrics.log({f"{k}/{cell.method}/k{cell.k}": row[k] for k in ("delta_ce", "nmse", "l0") if k in row})
-            if cell.status != "ok":
-                note(f"cell {cell.method} K={cell.k} failed: {cell.error}")
-            bar.update(1)
+    settings = OptimiserSettings(lr=cfg.lr, warmup_steps=cfg.warmup_steps)
+    autocast = resolve_precision(cfg.precision, device)
+    for group in groups:
+        cells = [build_cell(m, spec, k, cfg.expansion, settings, cfg.seed, device, autocast, cfg.compile)
+                 for m, k in group]
+        train_with_checkpoints(cfg, model, tokenizer, layer, cells, run_dir / "checkpoints" / "_training",
+                               {k: base_row[k] for k in CELL_KEY if k not in ("method", "k")}, device, metrics)
+        with progress("evaluating cells", len(cells)) as bar:
+            for cell in cells:
+                store.append(finish_cell(cell, run_dir, base_row, spec, model, x_eval, y_eval, evaluator,
+                                         baselines, metrics))
+                bar.update(1)
+        del cells  # free this group's memory before the next one
     shutil.rmtree(run_dir / "checkpoints" / "_training", ignore_errors=True)
     return store.rows()
 
@@ -201,6 +199,34 @@ def train_with_checkpoints(cfg: RunConfig, model, tokenizer, layer: int, cells: 
             train_cells(cells, batches, report)
         finally:  # also on Ctrl-C: keep the work done so far (each file is replaced atomically)
             save_training_state(state_dir, cells, served, contexts.count, settings_key)
+
+
+def plan_cell_groups(cfg: RunConfig, spec: LayerSpec, wanted: list[tuple[str, int]],
+                     device: torch.device) -> list[list[tuple[str, int]]]:
+    """Cells that fit together train together; say so when they do not all fit."""
+    budget = int(cfg.memory_budget_gb * 2**30) if cfg.memory_budget_gb else memory_budget(device)
+    sizes = {(m, k): cell_bytes(m, spec, k, cfg.expansion, cfg.batch_size) for m, k in wanted}
+    groups = plan_groups(wanted, sizes, budget)
+    if len(groups) > 1:
+        note(f"the {len(wanted)} cells need about {sum(sizes.values()) / 2**30:.1f} GiB together, more than the "
+             f"{budget / 2**30:.1f} GiB budget on {device}: training them in {len(groups)} groups "
+             f"(one LM pass over the training data each)")
+    return groups
+
+
+def finish_cell(cell: Cell, run_dir: Path, base_row: dict, spec: LayerSpec, model, x_eval, y_eval,
+                evaluator: CrossEntropyEvaluator, baselines: Baselines, metrics: MetricsSink) -> dict:
+    """Evaluate a trained cell, save its checkpoint, and log its row (which the caller stores)."""
+    row = evaluate_cell(cell, base_row, spec, model, x_eval, y_eval, evaluator, baselines)
+    if cell.status == "ok":  # the checkpoint exists before the row that points at it
+        name = f"{cell.method}-k{cell.k}"
+        save_layer(cell.layer, run_dir / "checkpoints" / name)
+        row["checkpoint"] = f"checkpoints/{name}"
+    LOGGER.info("cell %s", json.dumps(row, sort_keys=True, default=str))
+    metrics.log({f"{k}/{cell.method}/k{cell.k}": row[k] for k in ("delta_ce", "nmse", "l0") if k in row})
+    if cell.status != "ok":
+        note(f"cell {cell.method} K={cell.k} failed: {cell.error}")
+    return row
 
 
 def evaluate_cell(cell: Cell, base_row: dict, spec: LayerSpec, model, x_eval, y_eval,

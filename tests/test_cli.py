@@ -157,3 +157,16 @@ def test_plot_of_a_missing_run_is_a_clear_error(tmp_path, capsys):
     assert main(["plot", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "nope" in err
+
+
+def test_cells_beyond_the_memory_budget_train_in_groups(tmp_path, tiny_model_dir, corpus_file, capsys):
+    assert _run(tmp_path, tiny_model_dir, corpus_file, "--methods", "tc,mxd", "--memory-budget-gb", "0.0001") == 0
+    assert "training them in 4 groups" in capsys.readouterr().err
+    rows = RunStore(tmp_path / "tiny").rows()
+    assert len(rows) == 4 and all(r["status"] == "ok" and r["trained_tokens"] == 2048 for r in rows)
+
+
+def test_k_above_the_number_of_units_is_refused_before_training(tmp_path, tiny_model_dir, corpus_file, capsys):
+    assert _run(tmp_path, tiny_model_dir, corpus_file, "--methods", "tc", "--k", "100000") == 2
+    err = capsys.readouterr().err
+    assert "k=100000 must be between 1 and the width" in err and "collecting" not in err

@@ -1,0 +1,19 @@
+from bench.grouping import BYTES_PER_PARAM, cell_bytes, plan_groups
+from methods import create
+from methods.base import LayerSpec
+
+
+def test_groups_are_the_fewest_first_fit_decreasing():
+    sizes = {("a", 1): 5, ("b", 1): 4, ("c", 1): 3, ("d", 1): 2}
+    groups = plan_groups(list(sizes), sizes, budget=7)
+    assert sorted(map(sorted, groups)) == [[("a", 1), ("d", 1)], [("b", 1), ("c", 1)]]
+    assert plan_groups(list(sizes), sizes, budget=100) == [list(sizes)]
+    assert plan_groups([("a", 1)], sizes, budget=1) == [[("a", 1)]]  # too big still runs, alone
+
+
+def test_cell_bytes_counts_optimiser_state_from_the_closed_form():
+    spec = LayerSpec(32, 96)
+    for method in ("tc", "mxd"):
+        n_params = create(method, spec, k=4, expansion=8).n_params()
+        assert cell_bytes(method, spec, 4, 8, batch_size=0) == n_params * BYTES_PER_PARAM
+        assert cell_bytes(method, spec, 4, 8, batch_size=64) > n_params * BYTES_PER_PARAM
