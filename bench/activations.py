@@ -52,14 +52,25 @@ def collect_all(model: nn.Module, layer: int, contexts: torch.Tensor, lm_batch_s
     return torch.cat(xs), torch.cat(ys)
 
 
-def shuffled_batches(model: nn.Module, layer: int, contexts: Iterator[torch.Tensor], n_tokens: int,
-                     batch_size: int, lm_batch_size: int, buffer_tokens: int, seed: int,
+def lm_chunks(model: nn.Module, layer: int, contexts: Iterator[torch.Tensor],
+              lm_batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(x, y) of ``lm_batch_size`` contexts at a time, collected from the LM, until contexts run out."""
+    while True:
+        batch = [c for _, c in zip(range(lm_batch_size), contexts)]
+        if not batch:
+            return
+        yield collect_mlp_io(model, layer, torch.stack(batch))
+
+
+def shuffled_batches(chunks: Iterator[tuple[torch.Tensor, torch.Tensor]], n_tokens: int, batch_size: int,
+                     buffer_tokens: int, seed: int,
                      device: torch.device | str = "cpu") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield ``n_tokens`` worth of (x, y) training batches drawn from a shuffle buffer.
 
-    The buffer is refilled from the LM whenever half of it has been served, then shuffled,
-    so consecutive batches mix many documents (SAE practice). Ends with a short final batch
-    if ``n_tokens`` is not a multiple of ``batch_size``.
+    ``chunks`` is any source of (x, y) tensors in document order: the LM (``lm_chunks``) or an
+    activation cache. The buffer is refilled whenever half of it has been served, then
+    shuffled, so consecutive batches mix many documents (SAE practice). Ends with a short
+    final batch if ``n_tokens`` is not a multiple of ``batch_size``.
     """
     generator = torch.Generator().manual_seed(seed)
     pool_x = pool_y = None
@@ -67,17 +78,16 @@ def shuffled_batches(model: nn.Module, layer: int, contexts: Iterator[torch.Tens
     while served < n_tokens:
         fresh_x, fresh_y = [], []
         have = 0 if pool_x is None else len(pool_x)
-        # Never collect more than the run still needs: a small run must not fill a big buffer.
+        # Never draw more than the run still needs: a small run must not fill a big buffer.
         target = min(buffer_tokens, n_tokens - served)
         while have < target and not exhausted:
-            batch = [c for _, c in zip(range(lm_batch_size), contexts)]
-            if not batch:
+            chunk = next(chunks, None)
+            if chunk is None:
                 exhausted = True
                 break
-            x, y = collect_mlp_io(model, layer, torch.stack(batch))
-            fresh_x.append(x.to(device))
-            fresh_y.append(y.to(device))
-            have += len(x)
+            fresh_x.append(chunk[0].to(device, torch.float32))
+            fresh_y.append(chunk[1].to(device, torch.float32))
+            have += len(chunk[0])
         if fresh_x:
             pool_x = torch.cat(([pool_x] if pool_x is not None else []) + fresh_x)
             pool_y = torch.cat(([pool_y] if pool_y is not None else []) + fresh_y)

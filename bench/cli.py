@@ -81,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="sparse layers' compute (auto: bf16 autocast with fp32 master weights on GPU, fp32 on CPU)")
     run.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                      help="torch.compile the sparse layers (off by default)")
+    run.add_argument("--activation-cache", default=None, metavar="DIR",
+                     help="store the training activations here and reuse them in later runs (checked, never stale)")
+    run.add_argument("--activation-cache-dtype", default=None, choices=("fp32", "bf16"),
+                     help="storage dtype of the activation cache (default fp32)")
     run.add_argument("--memory-budget-gb", type=float, default=None,
                      help="memory the sparse layers may use together (default: what the device has free); "
                           "cells beyond it train in groups, one LM pass each")
@@ -167,7 +171,8 @@ def run(args: argparse.Namespace) -> int:
 INT_SETTINGS = ("layer", "expansion", "train_tokens", "eval_tokens", "ce_tokens", "context_length", "batch_size",
                 "lm_batch_size", "ce_batch_size", "buffer_tokens", "warmup_steps", "seed")
 FLOAT_SETTINGS = ("lr", "checkpoint_minutes", "memory_budget_gb")
-STR_SETTINGS = ("model", "dataset", "device", "dtype", "precision", "results_dir", "run_name")
+STR_SETTINGS = ("model", "dataset", "device", "dtype", "precision", "results_dir", "run_name", "activation_cache",
+                "activation_cache_dtype")
 
 
 def _setting_type(name: str) -> type:
@@ -201,6 +206,8 @@ def validate(cfg) -> None:
     if cfg.lr <= 0 or cfg.warmup_steps < 0 or cfg.checkpoint_minutes < 0:
         raise UsageError(f"lr must be > 0 and warmup-steps, checkpoint-minutes >= 0; got {cfg.lr}, "
                          f"{cfg.warmup_steps}, {cfg.checkpoint_minutes}")
+    if cfg.activation_cache_dtype not in ("fp32", "bf16"):
+        raise UsageError(f"activation-cache-dtype must be fp32 or bf16, got {cfg.activation_cache_dtype!r}")
     if cfg.dtype not in DTYPES or cfg.precision not in ("auto", "fp32", "bf16"):
         raise UsageError(f"dtype must be one of {', '.join(DTYPES)} and precision auto, fp32 or bf16; "
                          f"got {cfg.dtype!r}, {cfg.precision!r}")

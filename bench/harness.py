@@ -13,13 +13,15 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from tqdm.auto import tqdm
 
 import methods
 from bench import data as data_mod
-from bench.activations import collect_all, shuffled_batches
+from bench.activation_cache import CacheKey, CacheWriter, StaleCache, open_cache, read_chunks
+from bench.activations import collect_all, lm_chunks, shuffled_batches
 from bench.config import RunConfig
 from bench.evaluate import CrossEntropyEvaluator, compare_ce, reconstruction_metrics
 from bench.models import check_layer, check_layer_in_config, default_layer, layer_spec, load_model
@@ -139,7 +141,7 @@ def _run_locked(cfg: RunConfig, method_names: list[str], device: torch.device, d
     for group in groups:
         cells = [build_cell(m, spec, k, cfg.expansion, settings, cfg.seed, device, autocast, cfg.compile)
                  for m, k in group]
-        train_with_checkpoints(cfg, model, tokenizer, layer, cells, run_dir / "checkpoints" / "_training",
+        train_with_checkpoints(cfg, model, tokenizer, layer, loaded.model_id, cells, run_dir / "checkpoints" / "_training",
                                {k: base_row[k] for k in CELL_KEY if k not in ("method", "k")}, device, metrics)
         with progress("evaluating cells", len(cells)) as bar:
             for cell in cells:
@@ -151,35 +153,68 @@ def _run_locked(cfg: RunConfig, method_names: list[str], device: torch.device, d
     return store.rows()
 
 
-class CountingIterator:
-    """Counts the contexts drawn from a stream, so a resume knows how many to skip."""
+class TokenCounter:
+    """Counts the activation rows drawn from a source, so a resume knows where to continue."""
 
-    def __init__(self, items, start: int = 0) -> None:
-        self._items = iter(items)
-        self.count = start
+    def __init__(self, chunks: Iterator[tuple[torch.Tensor, torch.Tensor]], start: int = 0) -> None:
+        self._chunks = chunks
+        self.tokens = start
 
     def __iter__(self):
         return self
 
     def __next__(self):
-        item = next(self._items)
-        self.count += 1
-        return item
+        x, y = next(self._chunks)
+        self.tokens += len(x)
+        return x, y
 
 
-def train_with_checkpoints(cfg: RunConfig, model, tokenizer, layer: int, cells: list[Cell], state_dir: Path,
-                           settings_key: dict, device: torch.device, metrics: MetricsSink) -> None:
+def _teed(chunks, writer: CacheWriter):
+    for x, y in chunks:
+        writer.add(x, y)
+        yield x, y
+
+
+def training_source(cfg: RunConfig, model, tokenizer, layer: int, model_id: str,
+                    drawn: int) -> tuple[Iterator[tuple[torch.Tensor, torch.Tensor]], CacheWriter | None]:
+    """(x, y) chunks in document order from the activation cache when it is usable, else from
+    the LM (filling the cache on the way when one was asked for). ``drawn`` rows are skipped."""
+    def live():
+        stream = data_mod.pack_contexts(data_mod.iter_documents(cfg.dataset, "train"), tokenizer, cfg.context_length)
+        contexts = itertools.islice(stream, drawn // cfg.context_length, None)
+        return lm_chunks(model, layer, contexts, cfg.lm_batch_size)
+
+    if not cfg.activation_cache:
+        return live(), None
+    key = CacheKey(model_id, layer, cfg.dataset, "train", cfg.context_length,
+                   f"{getattr(tokenizer, 'name_or_path', '')}:{len(tokenizer)}", cfg.activation_cache_dtype)
+    directory = key.directory(Path(cfg.activation_cache))
+    try:
+        manifest = open_cache(directory, key, cfg.train_tokens)
+    except StaleCache as reason:
+        if drawn:
+            note(f"{reason}; this resumed run reads the LM without caching")
+            return live(), None
+        note(f"{reason}; building it during this run")
+        writer = CacheWriter(directory, key)
+        return _teed(live(), writer), writer
+    note(f"reading activations from the cache at {directory}")
+    return read_chunks(directory, manifest, skip_tokens=drawn), None
+
+
+def train_with_checkpoints(cfg: RunConfig, model, tokenizer, layer: int, model_id: str, cells: list[Cell],
+                           state_dir: Path, settings_key: dict, device: torch.device, metrics: MetricsSink) -> None:
     """Train all cells from one stream, resuming from and saving to ``state_dir``."""
-    served = consumed = 0
+    served = drawn = 0
     saved = load_progress(state_dir, cells, settings_key)
     if saved:
         restore_cells(state_dir, cells)
-        served, consumed = saved["tokens_served"], saved["contexts_consumed"]
+        served, drawn = saved["tokens_served"], saved["tokens_drawn"]
         note(f"resuming {len(cells)} cells at {served:,} of {cfg.train_tokens:,} tokens")
-    stream = data_mod.pack_contexts(data_mod.iter_documents(cfg.dataset, "train"), tokenizer, cfg.context_length)
-    contexts = CountingIterator(itertools.islice(stream, consumed, None), start=consumed)
-    batches = shuffled_batches(model, layer, contexts, cfg.train_tokens - served, cfg.batch_size,
-                               cfg.lm_batch_size, cfg.buffer_tokens, cfg.seed + consumed, device)
+    source, writer = training_source(cfg, model, tokenizer, layer, model_id, drawn)
+    counter = TokenCounter(source, start=drawn)
+    batches = shuffled_batches(counter, cfg.train_tokens - served, cfg.batch_size, cfg.buffer_tokens,
+                               cfg.seed + drawn, device)
     last_save = time.monotonic()
     with progress(f"training {len(cells)} cells", cfg.train_tokens) as bar:
         bar.update(served)
@@ -191,14 +226,17 @@ def train_with_checkpoints(cfg: RunConfig, model, tokenizer, layer: int, cells: 
             bar.set_postfix_str(" ".join(f"{c.method}/{c.k}:{c.last_loss:.3f}" for c in live[:4]), refresh=False)
             metrics.log({f"loss/{c.method}/k{c.k}": c.last_loss for c in live}, step=served)
             if time.monotonic() - last_save >= cfg.checkpoint_minutes * 60:
-                save_training_state(state_dir, cells, served, contexts.count, settings_key)
+                save_training_state(state_dir, cells, served, counter.tokens, settings_key)
                 LOGGER.info("saved training state at %d tokens", served)
                 last_save = time.monotonic()
 
         try:
             train_cells(cells, batches, report)
         finally:  # also on Ctrl-C: keep the work done so far (each file is replaced atomically)
-            save_training_state(state_dir, cells, served, contexts.count, settings_key)
+            save_training_state(state_dir, cells, served, counter.tokens, settings_key)
+    if writer is not None and writer.tokens >= cfg.train_tokens:
+        writer.finish()
+        note(f"saved {writer.tokens:,} tokens of activations to the cache at {writer.directory}")
 
 
 def plan_cell_groups(cfg: RunConfig, spec: LayerSpec, wanted: list[tuple[str, int]],
@@ -279,6 +317,7 @@ def settings_row(cfg: RunConfig, model_id: str, layer: int, device: torch.device
         "context_length": cfg.context_length, "batch_size": cfg.batch_size, "lr": cfg.lr,
         "warmup_steps": cfg.warmup_steps, "seed": cfg.seed, "device": str(device), "lm_dtype": str(dtype),
         "precision": str(resolve_precision(cfg.precision, device) or torch.float32), "compile": cfg.compile,
+        "activation_cache_dtype": cfg.activation_cache_dtype if cfg.activation_cache else None,
         "hardware": hardware_description(device), "versions": package_versions(),
     }
 

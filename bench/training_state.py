@@ -3,7 +3,7 @@
 Each cell's layer weights and AdamW state are stored as safetensors (plus JSON for scalars),
 never pickled. ``progress.json`` is written last, atomically: it names the cells, the tokens
 served and the contexts consumed, and only a state it vouches for is ever restored. On resume
-the data stream skips the consumed contexts (tokenization only) and continues on fresh ones;
+the data stream skips the drawn rows (tokenization only, or a seek in the activation cache) and continues on fresh ones;
 the shuffle buffer's unserved tokens at the time of the interruption are not trained on, so
 no token is ever trained on twice.
 """
@@ -26,7 +26,7 @@ def cell_dir_name(cell: Cell) -> str:
     return f"{cell.method}-k{cell.k}"
 
 
-def save_training_state(directory: Path, cells: list[Cell], tokens_served: int, contexts_consumed: int,
+def save_training_state(directory: Path, cells: list[Cell], tokens_served: int, tokens_drawn: int,
                         settings_key: dict[str, Any]) -> None:
     """Write every cell's state, then the progress file that makes them valid."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -43,7 +43,7 @@ def save_training_state(directory: Path, cells: list[Cell], tokens_served: int, 
                    "last_loss": cell.last_loss, "status": cell.status, "error": cell.error,
                    "param_groups": optimiser["param_groups"], "scheduler": cell.scheduler.state_dict()}
         atomic_write_text(cell_dir / "state.json", json.dumps(scalars))
-    progress = {"tokens_served": tokens_served, "contexts_consumed": contexts_consumed,
+    progress = {"tokens_served": tokens_served, "tokens_drawn": tokens_drawn,
                 "cells": sorted(cell_dir_name(c) for c in cells), "settings": settings_key}
     atomic_write_text(directory / PROGRESS_FILE, json.dumps(progress, sort_keys=True))
 

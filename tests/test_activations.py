@@ -1,6 +1,6 @@
 import torch
 
-from bench.activations import collect_all, collect_mlp_io, shuffled_batches
+from bench.activations import collect_all, collect_mlp_io, lm_chunks, shuffled_batches
 from bench.models import decoder_layers, mlp_module
 from tests.conftest import tiny_model
 
@@ -27,7 +27,7 @@ def test_shuffled_batches_serve_exactly_the_requested_tokens_as_a_permutation():
     # distinct first tokens make every (context, position) input distinct
     contexts = [torch.cat([torch.tensor([i]), torch.randint(0, 96, (7,))]) for i in range(20)]
     x_all, _ = collect_all(model, 1, torch.stack(contexts), lm_batch_size=4)
-    batches = list(shuffled_batches(model, 1, iter(contexts), n_tokens=150, batch_size=32, lm_batch_size=4,
+    batches = list(shuffled_batches(lm_chunks(model, 1, iter(contexts), 4), n_tokens=150, batch_size=32,
                                     buffer_tokens=64, seed=0))
     xs = torch.cat([b[0] for b in batches])
     assert len(xs) == 150 and all(len(b[0]) <= 32 for b in batches)
@@ -43,6 +43,6 @@ def test_shuffled_batches_are_reproducible_per_seed():
     model = tiny_model("gpt2")
     contexts = [torch.randint(0, 96, (8,)) for _ in range(10)]
     def run(seed):
-        return torch.cat([b[0] for b in shuffled_batches(model, 2, iter(contexts), 64, 16, 2, 32, seed)])
+        return torch.cat([b[0] for b in shuffled_batches(lm_chunks(model, 2, iter(contexts), 2), 64, 16, 32, seed)])
     assert torch.equal(run(1), run(1))
     assert not torch.equal(run(1), run(2))
