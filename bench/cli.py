@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="sparse layers' compute (auto: bf16 autocast with fp32 master weights on GPU, fp32 on CPU)")
     run.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                      help="torch.compile the sparse layers (off by default)")
+    run.add_argument("--tasks", default=None,
+                     help="lm-eval task accuracy with each layer spliced in: 'default' (offline, shipped) or task names")
+    run.add_argument("--task-limit", type=int, default=None, help="at most this many examples per task")
     run.add_argument("--activation-cache", default=None, metavar="DIR",
                      help="store the training activations here and reuse them in later runs (checked, never stale)")
     run.add_argument("--activation-cache-dtype", default=None, choices=("fp32", "bf16"),
@@ -106,6 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("runs", nargs="*", help="run directories (default: every run under results/)")
     report.add_argument("--figures", default="figures", help="where the run's figures are (default: figures)")
 
+    evaluate = sub.add_parser("eval", help="score saved checkpoints on lm-eval tasks, without retraining")
+    evaluate.add_argument("runs", nargs="+", help="run directories (results/<run>)")
+    evaluate.add_argument("--tasks", default="default", help="'default' (offline, shipped) or lm-eval task names")
+    evaluate.add_argument("--task-limit", type=int, default=None, help="at most this many examples per task")
+    evaluate.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+
     sub.add_parser("methods", help="list registered methods with their hyper-parameters")
     return parser
 
@@ -121,6 +130,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return list_methods()
         if args.command == "run":
             return run(args)
+        if args.command == "eval":
+            from bench.harness import evaluate_saved_tasks
+            from bench.tasks import resolve_tasks
+
+            tasks = resolve_tasks(args.tasks)
+            for run_dir in args.runs:
+                evaluate_saved_tasks(Path(run_dir), tasks, args.task_limit, args.device)
+            return EXIT_OK
         if args.command in ("plot", "report"):
             return plot_and_report(_run_dirs(args.runs), args.out if args.command == "plot" else args.figures,
                                    plot=args.command == "plot", report=args.command == "report")
@@ -168,10 +185,10 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_CELL_FAILED if any(r.get("status") != "ok" for r in rows) else EXIT_OK
 
 
-INT_SETTINGS = ("layer", "expansion", "train_tokens", "eval_tokens", "ce_tokens", "context_length", "batch_size",
+INT_SETTINGS = ("task_limit", "layer", "expansion", "train_tokens", "eval_tokens", "ce_tokens", "context_length", "batch_size",
                 "lm_batch_size", "ce_batch_size", "buffer_tokens", "warmup_steps", "seed")
 FLOAT_SETTINGS = ("lr", "checkpoint_minutes", "memory_budget_gb")
-STR_SETTINGS = ("model", "dataset", "device", "dtype", "precision", "results_dir", "run_name", "activation_cache",
+STR_SETTINGS = ("tasks", "model", "dataset", "device", "dtype", "precision", "results_dir", "run_name", "activation_cache",
                 "activation_cache_dtype")
 
 
@@ -206,6 +223,12 @@ def validate(cfg) -> None:
     if cfg.lr <= 0 or cfg.warmup_steps < 0 or cfg.checkpoint_minutes < 0:
         raise UsageError(f"lr must be > 0 and warmup-steps, checkpoint-minutes >= 0; got {cfg.lr}, "
                          f"{cfg.warmup_steps}, {cfg.checkpoint_minutes}")
+    if cfg.tasks is not None:
+        from bench.tasks import resolve_tasks
+
+        resolve_tasks(cfg.tasks)
+    if cfg.task_limit is not None and cfg.task_limit < 1:
+        raise UsageError(f"--task-limit must be a positive integer, got {cfg.task_limit}")
     if cfg.activation_cache_dtype not in ("fp32", "bf16"):
         raise UsageError(f"activation-cache-dtype must be fp32 or bf16, got {cfg.activation_cache_dtype!r}")
     if cfg.dtype not in DTYPES or cfg.precision not in ("auto", "fp32", "bf16"):

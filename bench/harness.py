@@ -24,16 +24,17 @@ from bench.activation_cache import CacheKey, CacheWriter, StaleCache, open_cache
 from bench.activations import collect_all, lm_chunks, shuffled_batches
 from bench.config import RunConfig
 from bench.evaluate import CrossEntropyEvaluator, compare_ce, reconstruction_metrics
-from bench.models import check_layer, check_layer_in_config, default_layer, layer_spec, load_model
+from bench.models import check_layer, check_layer_in_config, default_layer, layer_spec, load_model, mlp_module
 from bench.grouping import cell_bytes, memory_budget, plan_groups
 from bench.logs import LOGGER, MetricsSink, note, run_log
 from bench.runlock import RunLock
 from bench.results import CELL_KEY, RunStore, cell_key, hardware_description, package_versions, timestamp
-from bench.splice import SplicedMLP, ZeroMLP
+from bench.splice import SplicedMLP, ZeroMLP, spliced, zero_ablated
+from bench.tasks import evaluate_tasks, resolve_tasks
 from bench.train import Cell, OptimiserSettings, build_cell, train_cells
 from bench.training_state import load_progress, restore_cells, save_training_state
 from methods.base import LayerSpec
-from methods.checkpoint import save_layer
+from methods.checkpoint import load_layer, save_layer
 
 
 @dataclass
@@ -135,6 +136,11 @@ def _run_locked(cfg: RunConfig, method_names: list[str], device: torch.device, d
         evaluator = CrossEntropyEvaluator(model, layer, eval_contexts[:n_ce], cfg.ce_batch_size, bar.update)
         bar.update(eval_contexts[:n_ce].numel())
         baselines = Baselines(evaluator.per_sequence_ce(None), evaluator.per_sequence_ce(ZeroMLP()))
+    if cfg.tasks:
+        task_names = resolve_tasks(cfg.tasks)
+        note(f"scoring {', '.join(task_names)} on the clean and the zero-ablated model")
+        base_row["tasks_clean"], base_row["tasks_zero"] = task_baselines(model, tokenizer, layer, task_names,
+                                                                         cfg.task_limit)
 
     settings = OptimiserSettings(lr=cfg.lr, warmup_steps=cfg.warmup_steps)
     autocast = resolve_precision(cfg.precision, device)
@@ -145,7 +151,7 @@ def _run_locked(cfg: RunConfig, method_names: list[str], device: torch.device, d
                                {k: base_row[k] for k in CELL_KEY if k not in ("method", "k")}, device, metrics)
         with progress("evaluating cells", len(cells)) as bar:
             for cell in cells:
-                store.append(finish_cell(cell, run_dir, base_row, spec, model, x_eval, y_eval, evaluator,
+                store.append(finish_cell(cell, run_dir, base_row, spec, model, tokenizer, x_eval, y_eval, evaluator,
                                          baselines, metrics))
                 bar.update(1)
         del cells  # free this group's memory before the next one
@@ -239,6 +245,42 @@ def train_with_checkpoints(cfg: RunConfig, model, tokenizer, layer: int, model_i
         note(f"saved {writer.tokens:,} tokens of activations to the cache at {writer.directory}")
 
 
+def task_baselines(model, tokenizer, layer: int, tasks: list[str], limit: int | None) -> tuple[dict, dict]:
+    """Task scores of the clean model and of the model with layer ``layer``'s MLP zero-ablated."""
+    clean = evaluate_tasks(model, tokenizer, tasks, limit)
+    with zero_ablated(model, layer):
+        zero = evaluate_tasks(model, tokenizer, tasks, limit)
+    return clean, zero
+
+
+def evaluate_saved_tasks(run_dir: Path, tasks: list[str], limit: int | None, device_name: str = "auto") -> None:
+    """``bench eval``: add task scores to the finished rows of a run from their checkpoints."""
+    store = RunStore(run_dir)
+    rows = [r for r in store.rows() if r.get("status") == "ok" and r.get("checkpoint")]
+    if not rows:
+        raise ValueError(f"{run_dir} has no finished cells with checkpoints to evaluate")
+    device = resolve_device(device_name)
+    with RunLock(run_dir), run_log(run_dir):
+        for (model_name, layer), group in _by_model_and_layer(rows).items():
+            loaded = load_model(model_name, device=str(device), dtype=resolve_dtype("auto", device))
+            clean, zero = task_baselines(loaded.model, loaded.tokenizer, layer, tasks, limit)
+            with progress(f"tasks for {len(group)} cells of {model_name} layer {layer}", len(group)) as bar:
+                for row in group:
+                    trained = load_layer(run_dir / row["checkpoint"], device=device)
+                    with spliced(loaded.model, layer, trained):
+                        row["tasks"] = evaluate_tasks(loaded.model, loaded.tokenizer, tasks, limit)
+                    row.update(tasks_clean=clean, tasks_zero=zero, task_limit=limit)
+                    store.append(row)
+                    bar.update(1)
+
+
+def _by_model_and_layer(rows: list[dict]) -> dict[tuple[str, int], list[dict]]:
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["model"], row["layer"]), []).append(row)
+    return groups
+
+
 def plan_cell_groups(cfg: RunConfig, spec: LayerSpec, wanted: list[tuple[str, int]],
                      device: torch.device) -> list[list[tuple[str, int]]]:
     """Cells that fit together train together; say so when they do not all fit."""
@@ -252,10 +294,10 @@ def plan_cell_groups(cfg: RunConfig, spec: LayerSpec, wanted: list[tuple[str, in
     return groups
 
 
-def finish_cell(cell: Cell, run_dir: Path, base_row: dict, spec: LayerSpec, model, x_eval, y_eval,
+def finish_cell(cell: Cell, run_dir: Path, base_row: dict, spec: LayerSpec, model, tokenizer, x_eval, y_eval,
                 evaluator: CrossEntropyEvaluator, baselines: Baselines, metrics: MetricsSink) -> dict:
     """Evaluate a trained cell, save its checkpoint, and log its row (which the caller stores)."""
-    row = evaluate_cell(cell, base_row, spec, model, x_eval, y_eval, evaluator, baselines)
+    row = evaluate_cell(cell, base_row, spec, model, x_eval, y_eval, evaluator, baselines, tokenizer)
     if cell.status == "ok":  # the checkpoint exists before the row that points at it
         name = f"{cell.method}-k{cell.k}"
         save_layer(cell.layer, run_dir / "checkpoints" / name)
@@ -268,7 +310,7 @@ def finish_cell(cell: Cell, run_dir: Path, base_row: dict, spec: LayerSpec, mode
 
 
 def evaluate_cell(cell: Cell, base_row: dict, spec: LayerSpec, model, x_eval, y_eval,
-                  evaluator: CrossEntropyEvaluator, baselines: Baselines) -> dict:
+                  evaluator: CrossEntropyEvaluator, baselines: Baselines, tokenizer=None) -> dict:
     row = {**base_row, "method": cell.method, "k": cell.k, "status": cell.status, "error": cell.error,
            "n_params": cell.layer.n_params(), "n_units": cell.layer.n_units,
            "method_config": cell.layer.to_config()["config"], "train_steps": cell.steps, "trained_tokens": cell.tokens,
@@ -278,10 +320,13 @@ def evaluate_cell(cell: Cell, base_row: dict, spec: LayerSpec, model, x_eval, y_
         return row
     start = time.perf_counter()
     rec = reconstruction_metrics(cell.layer, x_eval, y_eval)
-    spliced = evaluator.per_sequence_ce(SplicedMLP(cell.layer, _base_mlp(model, base_row["layer"])))
-    ce = compare_ce(baselines.clean, spliced, baselines.zero)
+    spliced_ce = evaluator.per_sequence_ce(SplicedMLP(cell.layer, mlp_module(model, base_row["layer"])))
+    ce = compare_ce(baselines.clean, spliced_ce, baselines.zero)
     row.update(vars(rec))
     row.update(vars(ce))
+    if base_row.get("task_names"):
+        with spliced(model, base_row["layer"], cell.layer):
+            row["tasks"] = evaluate_tasks(model, tokenizer, base_row["task_names"], base_row.get("task_limit"))
     row["eval_time_s"] = round(time.perf_counter() - start, 2)
     return row
 
@@ -302,11 +347,6 @@ def check_dataset(dataset: str) -> None:
         raise ValueError(f"dataset {dataset!r} does not exist; give wiki-offline, a hub dataset name, or a local file")
 
 
-def _base_mlp(model, layer: int):
-    from bench.models import mlp_module
-    return mlp_module(model, layer)
-
-
 def settings_row(cfg: RunConfig, model_id: str, layer: int, device: torch.device, dtype: torch.dtype) -> dict:
     """Everything a row needs to be read on its own: settings, token counts, machine, versions."""
     return {
@@ -318,6 +358,7 @@ def settings_row(cfg: RunConfig, model_id: str, layer: int, device: torch.device
         "warmup_steps": cfg.warmup_steps, "seed": cfg.seed, "device": str(device), "lm_dtype": str(dtype),
         "precision": str(resolve_precision(cfg.precision, device) or torch.float32), "compile": cfg.compile,
         "activation_cache_dtype": cfg.activation_cache_dtype if cfg.activation_cache else None,
+        "task_names": resolve_tasks(cfg.tasks) if cfg.tasks else None, "task_limit": cfg.task_limit,
         "hardware": hardware_description(device), "versions": package_versions(),
     }
 

@@ -170,3 +170,24 @@ def test_k_above_the_number_of_units_is_refused_before_training(tmp_path, tiny_m
     assert _run(tmp_path, tiny_model_dir, corpus_file, "--methods", "tc", "--k", "100000") == 2
     err = capsys.readouterr().err
     assert "k=100000 must be between 1 and the width" in err and "collecting" not in err
+
+
+def test_tasks_are_scored_per_cell_and_bench_eval_rescores_checkpoints(tmp_path, tiny_model_dir, corpus_file):
+    task_args = ["--tasks", "mxbench_social_iqa", "--task-limit", "6"]
+    assert _run(tmp_path, tiny_model_dir, corpus_file, "--methods", "tc", "--k", "2", "--no-figures", *task_args) == 0
+    (row,) = RunStore(tmp_path / "tiny").rows()
+    for key in ("tasks", "tasks_clean", "tasks_zero"):
+        assert 0.0 <= row[key]["mxbench_social_iqa"]["acc"] <= 1.0
+    assert row["task_names"] == ["mxbench_social_iqa"] and row["task_limit"] == 6
+
+    assert main(["eval", str(tmp_path / "tiny"), "--tasks", "mxbench_social_iqa", "--task-limit", "6",
+                 "--device", "cpu"]) == 0
+    (again,) = RunStore(tmp_path / "tiny").rows()
+    assert again["tasks"]["mxbench_social_iqa"] == row["tasks"]["mxbench_social_iqa"]  # same checkpoint, same seeds
+    assert again["tasks_clean"] == row["tasks_clean"]
+
+
+def test_unknown_task_is_refused_before_loading(tmp_path, tiny_model_dir, corpus_file, capsys):
+    assert _run(tmp_path, tiny_model_dir, corpus_file, "--tasks", "no_such_task") == 2
+    err = capsys.readouterr().err.strip()
+    assert "unknown task 'no_such_task'" in err and len(err.splitlines()) == 1
