@@ -237,7 +237,7 @@ def train_with_checkpoints(cfg: RunConfig, model, tokenizer, layer: int, model_i
                 last_save = time.monotonic()
 
         try:
-            train_cells(cells, batches, report)
+            train_cells(cells, batches, report, note)
         finally:  # also on Ctrl-C: keep the work done so far (each file is replaced atomically)
             save_training_state(state_dir, cells, served, counter.tokens, settings_key)
     if writer is not None and writer.tokens >= cfg.train_tokens:
@@ -314,6 +314,7 @@ def evaluate_cell(cell: Cell, base_row: dict, spec: LayerSpec, model, x_eval, y_
     row = {**base_row, "method": cell.method, "k": cell.k, "status": cell.status, "error": cell.error,
            "n_params": cell.layer.n_params(), "n_units": cell.layer.n_units,
            "method_config": cell.layer.to_config()["config"], "train_steps": cell.steps, "trained_tokens": cell.tokens,
+           "micro_batches": cell.micro_batches,
            "train_time_s": round(cell.train_time_s, 2), "final_train_loss": cell.last_loss,
            "timestamp": timestamp()}
     if cell.status != "ok":

@@ -41,6 +41,7 @@ class Cell:
     train_time_s: float = 0.0
     status: str = "ok"
     error: str | None = None
+    micro_batches: int = 1  # raised after an out-of-memory error; the effective batch stays the same
     autocast_dtype: torch.dtype | None = None  # bf16 compute over fp32 master weights
     forward: Callable | None = None  # the layer, or its torch.compile'd twin
 
@@ -75,35 +76,65 @@ def normalised_mse(estimate: torch.Tensor, target: torch.Tensor) -> torch.Tensor
 
 
 def train_step(cell: Cell, x: torch.Tensor, y: torch.Tensor) -> None:
-    """One AdamW step of one cell; marks the cell failed instead of raising on a bad loss."""
+    """One AdamW step of one cell; marks the cell failed instead of raising on a bad loss.
+
+    With ``micro_batches`` > 1 the batch is processed in pieces with gradients accumulated;
+    the NMSE's denominator is taken over the whole batch, so the gradient is the same.
+    """
     start = time.perf_counter()
     source = y if cell.layer.input_site == "mlp_output" else x
-    with torch.autocast(x.device.type, dtype=cell.autocast_dtype or torch.float32,
-                        enabled=cell.autocast_dtype is not None):
-        estimate, _ = (cell.forward or cell.layer)(source)
-    loss = normalised_mse(estimate.float(), y)
-    if not torch.isfinite(loss) or loss.item() > DIVERGED_NMSE:
-        cell.status, cell.error = "failed", f"loss became {loss.item():.4g} at step {cell.steps} (diverged)"
-        return
+    variance = (y - y.mean(dim=0, keepdim=True)).pow(2).sum().clamp_min(1e-12)
     cell.optimiser.zero_grad(set_to_none=True)
-    loss.backward()
+    total = 0.0
+    for part_source, part_y in zip(source.chunk(cell.micro_batches), y.chunk(cell.micro_batches)):
+        with torch.autocast(x.device.type, dtype=cell.autocast_dtype or torch.float32,
+                            enabled=cell.autocast_dtype is not None):
+            estimate, _ = (cell.forward or cell.layer)(part_source)
+        loss = (estimate.float() - part_y).pow(2).sum() / variance
+        if not torch.isfinite(loss) or loss.item() > DIVERGED_NMSE:
+            cell.status, cell.error = "failed", f"loss became {loss.item():.4g} at step {cell.steps} (diverged)"
+            cell.optimiser.zero_grad(set_to_none=True)
+            return
+        loss.backward()
+        total += loss.item()
     cell.layer.project_gradients()
     cell.optimiser.step()
     cell.scheduler.step()
     cell.layer.constrain()
     cell.steps += 1
     cell.tokens += len(x)
-    cell.last_loss = loss.item()
+    cell.last_loss = total
     cell.train_time_s += time.perf_counter() - start
 
 
+def step_with_oom_retry(cell: Cell, x: torch.Tensor, y: torch.Tensor,
+                        on_notice: Callable[[str], None] | None = None) -> None:
+    """``train_step``, halving the micro-batch after an out-of-memory error until it fits."""
+    while True:
+        try:
+            train_step(cell, x, y)
+            return
+        except torch.OutOfMemoryError:
+            cell.optimiser.zero_grad(set_to_none=True)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if cell.micro_batches >= len(x):
+                cell.status, cell.error = "failed", "out of memory even one token at a time"
+                return
+            cell.micro_batches *= 2
+            if on_notice:
+                on_notice(f"{cell.method} K={cell.k} ran out of memory: continuing with the batch of {len(x)} "
+                          f"tokens in {cell.micro_batches} pieces (same effective batch)")
+
+
 def train_cells(cells: list[Cell], batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                on_batch: Callable[[int, list[Cell]], None] | None = None) -> list[Cell]:
+                on_batch: Callable[[int, list[Cell]], None] | None = None,
+                on_notice: Callable[[str], None] | None = None) -> list[Cell]:
     """Step every live cell on every batch; ``on_batch(tokens, cells)`` reports progress."""
     for x, y in batches:
         for cell in cells:
             if cell.status == "ok":
-                train_step(cell, x, y)
+                step_with_oom_retry(cell, x, y, on_notice)
         if on_batch:
             on_batch(len(x), cells)
     for cell in cells:

@@ -79,3 +79,33 @@ def test_bf16_autocast_keeps_fp32_master_weights_and_learns():
     train_cells([cell], _teacher_batches(100))
     assert all(p.dtype == torch.float32 for p in cell.layer.parameters())
     assert cell.status == "ok" and normalised_mse(cell.layer(x)[0], y).item() < 0.5 * before
+
+
+def test_out_of_memory_splits_the_batch_and_keeps_the_gradient():
+    """After an OOM the step is retried in pieces; the update equals the one-piece update."""
+    settings = OptimiserSettings(lr=1e-3, warmup_steps=1)
+    reference = build_cell("mxd", SPEC, 4, 4, settings, seed=0)
+    flaky = build_cell("mxd", SPEC, 4, 4, settings, seed=0)
+    real_forward = flaky.layer.forward
+
+    def forward_needing_small_batches(x):
+        if len(x) > 64:
+            raise torch.OutOfMemoryError("simulated")
+        return real_forward(x)
+
+    flaky.forward = forward_needing_small_batches
+    notices = []
+    x, y = next(_teacher_batches(1))
+    train_cells([reference], [(x, y)])
+    train_cells([flaky], [(x, y)], on_notice=notices.append)
+    assert flaky.micro_batches == 4 and flaky.status == "ok" and flaky.steps == 1
+    assert len(notices) == 2 and "in 4 pieces (same effective batch)" in notices[-1]
+    for a, b in zip(reference.layer.parameters(), flaky.layer.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_out_of_memory_at_one_token_fails_the_cell_only():
+    cell = build_cell("tc", SPEC, 4, 4, OptimiserSettings(), seed=0)
+    cell.forward = lambda x: (_ for _ in ()).throw(torch.OutOfMemoryError("simulated"))
+    train_cells([cell], [(torch.randn(4, 16), torch.randn(4, 16))])
+    assert cell.status == "failed" and "out of memory" in cell.error
