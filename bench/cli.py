@@ -34,7 +34,10 @@ def _int_list(text: str) -> list[int]:
 
 
 def _name_list(text: str) -> list[str]:
-    return [v.strip() for v in text.split(",") if v.strip()]
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
+    return names
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -81,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="sparse layers' compute (auto: bf16 autocast with fp32 master weights on GPU, fp32 on CPU)")
     run.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                      help="torch.compile the sparse layers (off by default)")
+    run.add_argument("--trust-remote-code", action="store_true", default=None,
+                     help="allow a hub model's own Python code to run (off by default)")
     run.add_argument("--tasks", default=None,
                      help="lm-eval task accuracy with each layer spliced in: 'default' (offline, shipped) or task names")
     run.add_argument("--task-limit", type=int, default=None, help="at most this many examples per task")
@@ -215,6 +220,8 @@ def validate(cfg) -> None:
         value = getattr(cfg, name)
         if value < 1:
             raise UsageError(f"{_flag(name)} must be a positive integer, got {value}")
+    if cfg.context_length < 2:
+        raise UsageError(f"--context-length must be at least 2 (a token and its successor), got {cfg.context_length}")
     bad = [k for k in cfg.ks if k < 1]
     if bad:
         raise UsageError(f"--k values must be >= 1, got {bad[0]}")
@@ -236,7 +243,7 @@ def validate(cfg) -> None:
                          f"got {cfg.dtype!r}, {cfg.precision!r}")
     if cfg.wandb and importlib.util.find_spec("wandb") is None:
         raise UsageError("--wandb needs the wandb package: pip install wandb")
-    for name in ("compile", "wandb"):
+    for name in ("compile", "wandb", "trust_remote_code"):
         if not isinstance(getattr(cfg, name), bool):
             raise UsageError(f"{name} must be true or false, got {getattr(cfg, name)!r}")
     if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):

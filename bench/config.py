@@ -35,6 +35,7 @@ class RunConfig:
     dtype: str = "auto"  # the LM's dtype: bf16 on GPU, fp32 on CPU
     precision: str = "auto"  # sparse layers' compute: bf16 autocast on GPU (fp32 master weights), fp32 on CPU
     compile: bool = False  # torch.compile each sparse layer's forward
+    trust_remote_code: bool = False  # run a hub model's own Python code (only for models you trust)
     tasks: str | None = None  # lm-eval tasks scored with each layer spliced in: "default" or names
     task_limit: int | None = None  # at most this many examples per task
     activation_cache: str | None = None  # directory of reusable training activations (off by default)

@@ -95,20 +95,27 @@ def run_benchmark(cfg: RunConfig) -> list[dict]:
     check_writable(run_dir)
     check_dataset(cfg.dataset)
     if cfg.layer is not None:
-        check_layer_in_config(cfg.model, cfg.layer)
-    with RunLock(run_dir), run_log(run_dir):
-        LOGGER.info("bench run %s", json.dumps(cfg.to_dict(), sort_keys=True))
-        metrics = MetricsSink(cfg.wandb, "mxbench", run_dir.name, cfg.to_dict())
-        try:
-            return _run_locked(cfg, method_names, device, dtype, run_dir, metrics)
-        finally:
-            metrics.finish()
+        check_layer_in_config(cfg.model, cfg.layer, cfg.trust_remote_code)
+    created = not run_dir.exists()
+    try:
+        with RunLock(run_dir), run_log(run_dir):
+            LOGGER.info("bench run %s", json.dumps(cfg.to_dict(), sort_keys=True))
+            metrics = MetricsSink(cfg.wandb, "mxbench", run_dir.name, cfg.to_dict())
+            try:
+                return _run_locked(cfg, method_names, device, dtype, run_dir, metrics)
+            finally:
+                metrics.finish()
+    except ValueError:
+        # Bad input found only once the model was loaded: leave nothing behind that we made.
+        if created and not (run_dir / "cells.jsonl").exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
 
 def _run_locked(cfg: RunConfig, method_names: list[str], device: torch.device, dtype: torch.dtype,
                 run_dir: Path, metrics: MetricsSink) -> list[dict]:
     store = RunStore(run_dir)
-    loaded = load_model(cfg.model, device=str(device), dtype=dtype)
+    loaded = load_model(cfg.model, device=str(device), dtype=dtype, trust_remote_code=cfg.trust_remote_code)
     model, tokenizer = loaded.model, loaded.tokenizer
     layer = check_layer(model, cfg.layer if cfg.layer is not None else default_layer(model))
     spec = layer_spec(model, layer)

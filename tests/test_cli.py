@@ -170,6 +170,7 @@ def test_k_above_the_number_of_units_is_refused_before_training(tmp_path, tiny_m
     assert _run(tmp_path, tiny_model_dir, corpus_file, "--methods", "tc", "--k", "100000") == 2
     err = capsys.readouterr().err
     assert "k=100000 must be between 1 and the width" in err and "collecting" not in err
+    assert not (tmp_path / "tiny").exists(), "an input error found after loading leaves nothing behind"
 
 
 def test_tasks_are_scored_per_cell_and_bench_eval_rescores_checkpoints(tmp_path, tiny_model_dir, corpus_file):

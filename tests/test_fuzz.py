@@ -1,0 +1,75 @@
+"""Fuzz-style: malformed command lines and config files end in one clean line and exit code 2."""
+import random
+
+import pytest
+
+from bench.cli import main
+
+BAD_VALUES = {
+    "--k": ["0", "-3", "x", "", "1,,a", "1.5"],
+    "--tokens": ["0", "-1", "1e3", "lots", ""],
+    "--eval-tokens": ["0", "-9", "nan"],
+    "--ce-tokens": ["0", "x"],
+    "--batch-size": ["0", "-64", "big"],
+    "--lr": ["0", "-1", "fast"],
+    "--layer": ["-2", "one", "99"],
+    "--methods": ["nope", "tc,nope", "TC", ",", "mxd;tc"],
+    "--preset": ["huge", "", "SMOKE"],
+    "--device": ["tpu", "gpu0", ""],
+    "--dtype": ["int8", "half"],
+    "--precision": ["fp8"],
+    "--expansion": ["0", "-8", "eight"],
+    "--context-length": ["0", "1"],
+    "--tasks": ["no_such_task", ","],
+    "--dataset": ["./missing.jsonl", "/nonexistent/dir/data.txt"],
+    "--checkpoint-minutes": ["-1", "soon"],
+}
+
+
+def _fuzzed_commands(n, seed=0):
+    rng = random.Random(seed)
+    flags = sorted(BAD_VALUES)
+    for _ in range(n):
+        bad_flag = rng.choice(flags)
+        argv = ["run", bad_flag, rng.choice(BAD_VALUES[bad_flag])]
+        if rng.random() < 0.5:  # sometimes surrounded by valid options
+            argv += ["--seed", str(rng.randint(0, 9)), "--no-figures"]
+        yield argv
+
+
+@pytest.mark.parametrize("argv", list(_fuzzed_commands(40)), ids=lambda a: " ".join(a))
+def test_malformed_command_lines_fail_cleanly(argv, tmp_path, capsys, tiny_model_dir, corpus_file, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv = argv + ["--results-dir", str(tmp_path / "out")]
+    if "--model" not in argv:
+        argv += ["--model", str(tiny_model_dir)]
+    if "--dataset" not in argv:
+        argv += ["--dataset", str(corpus_file)]
+    try:
+        code = main(argv)
+    except SystemExit as exit_info:  # argparse's own errors
+        code = exit_info.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err and err.startswith("bench")
+    assert not (tmp_path / "out").exists()
+
+
+def _garbage_configs(n, seed=1):
+    rng = random.Random(seed)
+    fragments = ["k = ", "[[runs]]", "tokens = -1", "methods = 3", "= =", "\x00", "model = [1, 2]",
+                 "lr = \"x\"", "[runs]", "preset = \"nope\"", "unknown_key = 1", "k = [1, \"a\"]", "\"", "layer = -4"]
+    for _ in range(n):
+        yield "\n".join(rng.choice(fragments) for _ in range(rng.randint(1, 4)))
+
+
+@pytest.mark.parametrize("text", list(_garbage_configs(25)))
+def test_malformed_config_files_fail_cleanly(text, tmp_path, capsys, tiny_model_dir, corpus_file):
+    path = tmp_path / "sweep.toml"
+    path.write_text(text)
+    code = main(["run", "--config", str(path), "--model", str(tiny_model_dir), "--dataset", str(corpus_file),
+                 "--results-dir", str(tmp_path / "out"), "--no-figures", "--tokens", "-1"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
