@@ -192,3 +192,23 @@ def test_unknown_task_is_refused_before_loading(tmp_path, tiny_model_dir, corpus
     assert _run(tmp_path, tiny_model_dir, corpus_file, "--tasks", "no_such_task") == 2
     err = capsys.readouterr().err.strip()
     assert "unknown task 'no_such_task'" in err and len(err.splitlines()) == 1
+
+
+def test_readme_plugin_example_registers_runs_and_plots(tmp_path, tiny_model_dir, corpus_file, capsys):
+    """The README's worked example: a method in one file, run next to tc, then plotted."""
+    from pathlib import Path
+
+    plugin = Path(__file__).parent / "plugins" / "dense_mlp_plugin.py"
+    assert main(["--plugin", str(plugin), "methods"]) == 0
+    assert "dense-mlp" in capsys.readouterr().out
+    argv = ["--plugin", str(plugin), "run", "--methods", "dense-mlp,tc", "--model", str(tiny_model_dir),
+            "--dataset", str(corpus_file), "--results-dir", str(tmp_path), "--run-name", "plugin",
+            "--figures-dir", str(tmp_path / "figures"), *TINY]
+    assert main(argv) == 0
+    rows = RunStore(tmp_path / "plugin").rows()
+    assert {r["method"] for r in rows} == {"dense-mlp", "tc"} and all(r["status"] == "ok" for r in rows)
+    dense = next(r for r in rows if r["method"] == "dense-mlp")
+    assert dense["n_units"] == 96  # the tiny Llama's d_mlp: registered with match_params=False
+    assert main(["plot", str(tmp_path / "plugin"), "--out", str(tmp_path / "figures")]) == 0
+    report = (tmp_path / "plugin" / "REPORT.md").read_text()
+    assert "dense-mlp" in report
