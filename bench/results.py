@@ -35,8 +35,23 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+def source_revision() -> str:
+    """The git commit of this checkout (``+dirty`` with local changes), or "unknown" outside git."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
+                                text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
 def package_versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
+    out = {"python": platform.python_version(), "mxbench_source": source_revision()}
     for name in ("mxbench", "torch", "transformers", "lm-eval", "datasets"):
         try:
             out[name] = version(name)
