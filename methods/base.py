@@ -144,14 +144,21 @@ def normalise_rows_(weight: torch.Tensor, eps: float = 1e-8) -> None:
 
 
 @torch.no_grad()  # else the projection records a graph into .grad, keeping weight's history alive
-def remove_parallel_gradient_(weight: nn.Parameter) -> None:
-    """Project out the gradient component parallel to each (unit-norm) row of ``weight``.
+def remove_parallel_gradient_(weight: nn.Parameter, min_norm: float = 0.0) -> None:
+    """Project out the gradient component parallel to each row of ``weight``:
+    g <- g - (g . w / ||w||^2) w, for rows with ||w|| >= ``min_norm`` (others are left free).
 
     With rows kept at unit norm, that component only changes the norm, which the
     renormalisation undoes; removing it keeps Adam's moments meaningful (SAE practice).
+    Costs three passes over the [rows, d] weight and no [rows, d] temporaries (one norm, one
+    batched dot product, one in-place addcmul): it runs every step on every row.
     """
-    if weight.grad is None:
+    grad = weight.grad
+    if grad is None:
         return
-    unit = weight / weight.norm(dim=-1, keepdim=True).clamp_min(1e-8)
-    parallel = (weight.grad * unit).sum(dim=-1, keepdim=True)
-    weight.grad.sub_(parallel * unit)
+    norms = torch.linalg.vector_norm(weight, dim=-1, keepdim=True)
+    dots = torch.einsum("...d,...d->...", grad, weight).unsqueeze(-1)  # batched dots, no product tensor
+    coefficients = dots / norms.square().clamp_min(1e-16)
+    if min_norm > 0:
+        coefficients = torch.where(norms >= min_norm, coefficients, 0.0)
+    grad.addcmul_(weight, coefficients, value=-1.0)

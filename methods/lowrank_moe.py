@@ -38,52 +38,63 @@ from methods.base import (
 )
 from methods.registry import register
 
-# Elements of a gathered [tokens, K*R, d] block per chunk (2^24 floats = 64 MiB in fp32).
-_CHUNK_ELEMENTS = 1 << 24
-
-
 class _GatherDot(torch.autograd.Function):
-    """out[t, j] = table[rows[t, j]] . x[t], computed in token chunks.
+    """out[t, j] = table[rows[t, j]] . x[t], without ever building the gathered [T, J, d] block.
 
-    A plain ``(table[rows] * x[:, None]).sum(-1)`` would keep the gathered [T, K*R, d] block
-    for backward (5 GiB at T = 4096, K = 32, R = 16, d = 640); this keeps only x, rows, table.
-    x and table may differ in dtype (bf16 activations, fp32 master weights): the forward
-    computes in x's dtype, the backward accumulates in the table's and returns each input's.
+    It is the transpose of an embedding bag E(w)[t] = sum_j w[t, j] table[rows[t, j]]:
+    out = d<x, E(w)>/dw, the x-gradient is E(grad), and the table-gradient is d<x, E(grad)>/dtable.
+    So all three run as embedding_bag's own kernels, which stream the J rows of each token
+    (memory O(T J), no [T, J, d] block): the forward is embedding_bag's per-sample-weights
+    gradient kernel, the table-gradient its weight-gradient kernel (a sorted scatter-add).
+    A plain ``(table[rows] * x[:, None]).sum(-1)`` keeps the gathered block for backward
+    (5 GiB at T = 4096, K = 32, R = 16, d = 640) and is several times slower.
+    x and table may differ in dtype (bf16 activations, fp32 master weights): the products run
+    in the table's dtype and each gradient is returned in its input's.
     """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, rows: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x, rows, table)
-        out = x.new_empty(rows.shape)
-        for chunk in _token_chunks(rows, table.shape[1]):
-            out[chunk] = torch.einsum("tjd,td->tj", table[rows[chunk]].to(x.dtype), x[chunk])
-        return out
+        flat_rows, bag_of_row = rows.reshape(-1), _bag_of_each_row(rows)
+        offsets = torch.arange(0, flat_rows.numel(), rows.shape[1], device=rows.device)
+        x_wide = x.to(table.dtype).contiguous()
+        ctx.save_for_backward(x_wide, rows, table, bag_of_row)
+        ctx.x_dtype = x.dtype
+        out = torch.ops.aten._embedding_bag_per_sample_weights_backward(
+            x_wide, table, flat_rows, offsets, bag_of_row, _SUM_MODE)
+        return out.reshape(rows.shape).to(x.dtype)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, torch.Tensor | None]:
-        x, rows, table = ctx.saved_tensors
+        x_wide, rows, table, bag_of_row = ctx.saved_tensors
         grad = grad.to(table.dtype).contiguous()
         grad_x = grad_table = None
         if ctx.needs_input_grad[0]:  # sum_j grad[t, j] table[rows[t, j]]: an embedding bag
-            grad_x = F.embedding_bag(rows, table, per_sample_weights=grad, mode="sum").to(x.dtype)
+            grad_x = F.embedding_bag(rows, table, per_sample_weights=grad, mode="sum").to(ctx.x_dtype)
         if ctx.needs_input_grad[2]:  # table[rows[t, j]] += grad[t, j] x[t]
-            grad_table = torch.zeros_like(table)
-            for chunk in _token_chunks(rows, table.shape[1]):
-                outer = grad[chunk, :, None] * x[chunk, None, :].to(table.dtype)
-                grad_table.index_add_(0, rows[chunk].reshape(-1), outer.reshape(-1, table.shape[1]))
+            per_bag = torch.full((rows.shape[0],), rows.shape[1], dtype=rows.dtype, device=rows.device)
+            grad_table = torch.ops.aten._embedding_bag_dense_backward(
+                x_wide, rows.reshape(-1), bag_of_row, per_bag, rows.new_empty(0), table.shape[0],
+                False, _SUM_MODE, grad.reshape(-1))
         return grad_x, None, grad_table
 
 
-def _token_chunks(rows: torch.Tensor, width: int) -> list[slice]:
-    """Token slices whose gathered [tokens, J, width] block stays under _CHUNK_ELEMENTS."""
-    step = max(1, _CHUNK_ELEMENTS // max(1, rows.shape[1] * width))
-    return [slice(i, i + step) for i in range(0, rows.shape[0], step)]
+_SUM_MODE = 0  # embedding_bag's mode="sum" in the aten ops' integer encoding
+
+
+def _bag_of_each_row(rows: torch.Tensor) -> torch.Tensor:
+    """For the flattened [T * J] rows, the token (bag) each belongs to: 0,..,0, 1,..,1, ..."""
+    return torch.arange(rows.shape[0], device=rows.device).repeat_interleave(rows.shape[1])
 
 
 def gather_dot(x: torch.Tensor, rows: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """[T, J] dot products of each token x[t] with its J table rows ``table[rows[t]]``."""
     return _GatherDot.apply(x, rows, table)
+
+
+def gather_dot_reference(x: torch.Tensor, rows: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """The slow twin of ``gather_dot``: builds the [T, J, d] block (for tests)."""
+    return torch.einsum("tjd,td->tj", table[rows].to(x.dtype), x)
 
 
 @dataclass

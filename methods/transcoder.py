@@ -122,16 +122,8 @@ class SkipTranscoder(Transcoder):
         y_hat, codes = super().forward(x)
         return y_hat + self.skip(x), codes
 
-    @torch.no_grad()
     def project_gradients(self) -> None:
-        grad = self.decoder.grad
-        if grad is None:
-            return
-        norms = self.decoder.norm(dim=-1, keepdim=True)
-        unit = self.decoder / norms.clamp_min(1e-8)
-        parallel = (grad * unit).sum(dim=-1, keepdim=True)
-        on_sphere = norms >= 1 - _ON_SPHERE  # rows inside the ball are unconstrained
-        grad.sub_(torch.where(on_sphere, parallel, 0.0) * unit)
+        remove_parallel_gradient_(self.decoder, min_norm=1 - _ON_SPHERE)  # rows inside the ball are free
 
     @torch.no_grad()
     def constrain(self) -> None:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from methods import LayerSpec, SparseCodes, create
-from methods.base import dense_codes, sparse_decode, topk_relu, transcoder_budget
+from methods.base import dense_codes, remove_parallel_gradient_, sparse_decode, topk_relu, transcoder_budget
 from methods.transcoder import SkipTranscoder, Transcoder, TranscoderConfig
 
 SPEC = LayerSpec(d_model=16, d_mlp=64)
@@ -152,6 +152,29 @@ def test_stc_rows_on_the_sphere_stay_there_and_inside_rows_are_free() -> None:
     torch.optim.SGD(layer.parameters(), lr=1e-2).step()
     layer.constrain()
     assert layer.decoder.norm(dim=-1).max() <= 1 + 1e-6
+
+
+def reference_remove_parallel_gradient(weight: torch.Tensor, grad: torch.Tensor, min_norm: float) -> torch.Tensor:
+    """The slow twin of remove_parallel_gradient_: unit rows materialised, g - (g . u) u where ||w|| >= min_norm."""
+    norms = weight.norm(dim=-1, keepdim=True)
+    unit = weight / norms.clamp_min(1e-8)
+    parallel = (grad * unit).sum(dim=-1, keepdim=True)
+    return grad - torch.where(norms >= min_norm, parallel, 0.0) * unit
+
+
+@pytest.mark.parametrize("shape", [(40, 16), (7, 3, 16)])  # TC/MxD rows; low-rank [N, R, d] factors
+@pytest.mark.parametrize("min_norm", [0.0, 1 - 1e-4])
+def test_fused_gradient_projection_matches_its_reference_twin(shape, min_norm: float) -> None:
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter(torch.randn(shape, dtype=torch.float64))
+    with torch.no_grad():
+        weight[:5] /= weight[:5].norm(dim=-1, keepdim=True)  # some rows on the sphere, some off it
+        weight[5] = 0.0  # a zero row has no direction: left untouched
+    weight.grad = torch.randn_like(weight)
+    expected = reference_remove_parallel_gradient(weight.detach(), weight.grad.clone(), min_norm)
+    remove_parallel_gradient_(weight, min_norm=min_norm)
+    torch.testing.assert_close(weight.grad, expected)
+    assert not weight.grad.requires_grad and weight.grad.grad_fn is None
 
 
 def test_stc_is_a_transcoder() -> None:
