@@ -26,7 +26,7 @@ DEFAULT_TASKS: tuple[str, ...] = (
     "mxbench_wiki_cloze",
     "mxbench_wiki_ppl",
     "mxbench_general_knowledge",
-    "mxbench_hindu_knowledge",
+    "mxbench_phrase_relatedness",
     "mxbench_social_iqa",
 )
 SEED = 1234
