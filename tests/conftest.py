@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 
 import pytest
 import torch
@@ -88,3 +89,14 @@ def tiny_model_dir(tmp_path_factory):
     tiny_model("llama").save_pretrained(path)
     tiny_tokenizer().save_pretrained(path)
     return path
+
+
+@pytest.fixture
+def scratch_registry(monkeypatch):
+    """A throw-away copy of the method registry, so a test's registrations (plugins) do not leak."""
+    from methods import registry
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    yield registry._REGISTRY
+    for module in [m for m in sys.modules if m.startswith("mxbench_plugin_") or m == "tiny_ep_method"]:
+        del sys.modules[module]

@@ -195,7 +195,8 @@ def test_unknown_task_is_refused_before_loading(tmp_path, tiny_model_dir, corpus
     assert "unknown task 'no_such_task'" in err and len(err.splitlines()) == 1
 
 
-def test_readme_plugin_example_registers_runs_and_plots(tmp_path, tiny_model_dir, corpus_file, capsys):
+def test_readme_plugin_example_registers_runs_and_plots(tmp_path, tiny_model_dir, corpus_file, capsys,
+                                                          scratch_registry):
     """The README's worked example: a method in one file, run next to tc, then plotted."""
     from pathlib import Path
 

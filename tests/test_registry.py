@@ -5,7 +5,6 @@ and also run on the example plugin (``tests/plugins/dense_mlp_plugin.py``).
 """
 from __future__ import annotations
 
-import sys
 from importlib.metadata import EntryPoint
 from pathlib import Path
 
@@ -155,15 +154,6 @@ def test_variants_keep_their_name_and_defaults() -> None:
 def test_unknown_method_lists_the_registered_ones() -> None:
     with pytest.raises(KeyError, match="mxd"):
         create("no-such-method", SPEC)
-
-
-@pytest.fixture
-def scratch_registry(monkeypatch):
-    """A throw-away copy of the registry, so test registrations do not leak into other tests."""
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
-    yield registry._REGISTRY
-    for module in [m for m in sys.modules if m.startswith("mxbench_plugin_") or m == "tiny_ep_method"]:
-        del sys.modules[module]
 
 
 def test_register_rejects_bad_declarations(scratch_registry) -> None:
