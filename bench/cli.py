@@ -12,6 +12,8 @@ from typing import Sequence
 
 import methods
 from bench.config import PRESETS, load_config_file, preset_config
+from bench.executors import EXECUTORS, SweepError
+from bench.perf import add_perf_arguments
 
 EXIT_OK, EXIT_CELL_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -99,9 +101,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--wandb", action="store_true", default=None,
                      help="also log losses and metrics to Weights & Biases (needs `pip install wandb`)")
     run.add_argument("--device", default=None, help="auto (default), cpu or cuda")
-    run.add_argument("--results-dir", default=None, help="default: results/")
+    run.add_argument("--results-dir", default=None,
+                     help="default: results/; on a cluster, a path every node sees or a URL (s3://, gs://, ...)")
     run.add_argument("--run-name", default=None, help="default: <model>-<preset>")
 
+    run.add_argument("--executor", default="local", choices=EXECUTORS,
+                     help="local (default): runs one after another here; ray: one Ray task per run directory")
+    run.add_argument("--address", default=None,
+                     help="Ray cluster: auto, HOST:PORT (default: $RAY_ADDRESS, else a local cluster)")
+    run.add_argument("--gpus-per-task", type=float, default=None,
+                     help="GPUs each Ray task asks for (default: 1 for CUDA runs, else 0)")
     run.add_argument("--no-figures", dest="figures", action="store_false",
                      help="skip the figures and REPORT.md written at the end of the run")
     run.add_argument("--figures-dir", default="figures", help="figures go to <figures-dir>/<run>/ (default: figures)")
@@ -121,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
 
     sub.add_parser("methods", help="list registered methods with their hyper-parameters")
+
+    perf = sub.add_parser("perf", help="measure training speed, memory and FLOP/s of every method on this machine")
+    add_perf_arguments(perf)
     return parser
 
 
@@ -143,12 +155,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             for run_dir in args.runs:
                 evaluate_saved_tasks(Path(run_dir), tasks, args.task_limit, args.device)
             return EXIT_OK
+        if args.command == "perf":
+            from bench.perf import run_perf
+
+            run_perf(args)
+            return EXIT_OK
         if args.command in ("plot", "report"):
             return plot_and_report(_run_dirs(args.runs), args.out if args.command == "plot" else args.figures,
                                    plot=args.command == "plot", report=args.command == "report")
     except KeyboardInterrupt:
         print("interrupted; finished cells are saved, re-run the same command to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except SweepError as error:
+        print(f"bench: error: {error}", file=sys.stderr)
+        return EXIT_CELL_FAILED
     except (UsageError, ValueError, KeyError, FileNotFoundError) as error:
         if args.debug:
             raise
@@ -167,11 +187,18 @@ def _quiet_libraries() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bench.harness import default_run_name, run_benchmark
+    from bench import storage
+    from bench.executors import run_sweep
+    from bench.harness import default_run_name
     from bench.results import format_table
 
-    flags = {k: v for k, v in vars(args).items()
-             if k not in ("command", "debug", "plugin", "preset", "config", "figures", "figures_dir")}
+    if args.executor != "ray" and (args.address is not None or args.gpus_per_task is not None):
+        raise UsageError("--address and --gpus-per-task need --executor ray")
+    if args.gpus_per_task is not None and args.gpus_per_task < 0:
+        raise UsageError(f"--gpus-per-task must be >= 0, got {args.gpus_per_task}")
+    if args.executor == "ray" and importlib.util.find_spec("ray") is None:
+        raise UsageError("--executor ray needs Ray: pip install 'mxbench[ray]'")
+    flags = {k: v for k, v in vars(args).items() if k not in RUN_ONLY_FLAGS}
     runs = load_config_file(args.config) if args.config else [{}]
     configs = []
     for settings in runs:
@@ -180,16 +207,20 @@ def run(args: argparse.Namespace) -> int:
         configs.append(preset_config(preset, **{**settings, **{k: v for k, v in flags.items() if v is not None}}))
     for cfg in configs:  # every run is checked before the first one starts
         validate(cfg)
-    rows = []
-    for cfg in configs:
-        rows += run_benchmark(cfg)
+    rows = run_sweep(configs, args.executor, args.address, args.gpus_per_task, args.plugin)
     print(format_table(rows))
-    if args.figures:
-        run_dirs = sorted({Path(cfg.results_dir) / (cfg.run_name or default_run_name(cfg)) for cfg in configs})
+    local = [cfg for cfg in configs if not storage.is_url(cfg.results_dir)]
+    if args.figures and len(local) < len(configs):
+        print("bench: results at a URL are not plotted here; fetch them and run `bench plot`", file=sys.stderr)
+    if args.figures and local:
+        run_dirs = sorted({Path(cfg.results_dir) / (cfg.run_name or default_run_name(cfg)) for cfg in local})
         plot_and_report(run_dirs, args.figures_dir, plot=True, report=True)
     return EXIT_CELL_FAILED if any(r.get("status") != "ok" for r in rows) else EXIT_OK
 
 
+# Arguments of `bench run` that are not RunConfig settings.
+RUN_ONLY_FLAGS = ("command", "debug", "plugin", "preset", "config", "figures", "figures_dir", "executor", "address",
+                  "gpus_per_task")
 INT_SETTINGS = ("task_limit", "layer", "expansion", "train_tokens", "eval_tokens", "ce_tokens", "context_length", "batch_size",
                 "lm_batch_size", "ce_batch_size", "buffer_tokens", "warmup_steps", "seed")
 FLOAT_SETTINGS = ("lr", "checkpoint_minutes", "memory_budget_gb")

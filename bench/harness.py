@@ -13,7 +13,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from tqdm.auto import tqdm
@@ -86,8 +86,16 @@ def expand_methods(requested: list[str]) -> list[str]:
     return sorted(chosen.values())
 
 
-def run_benchmark(cfg: RunConfig) -> list[dict]:
-    """Train and evaluate every requested cell; returns the rows of this run directory."""
+def _nothing() -> None:
+    """The default ``on_saved`` hook."""
+
+
+def run_benchmark(cfg: RunConfig, on_saved: Callable[[], None] = _nothing) -> list[dict]:
+    """Train and evaluate every requested cell; returns the rows of this run directory.
+
+    ``on_saved`` runs after each training-state checkpoint and each stored row: a run whose
+    results live at a URL uploads its local copy then (``bench/storage.py``).
+    """
     method_names = expand_methods(cfg.methods)
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
@@ -102,7 +110,7 @@ def run_benchmark(cfg: RunConfig) -> list[dict]:
             LOGGER.info("bench run %s", json.dumps(cfg.to_dict(), sort_keys=True))
             metrics = MetricsSink(cfg.wandb, "mxbench", run_dir.name, cfg.to_dict())
             try:
-                return _run_locked(cfg, method_names, device, dtype, run_dir, metrics)
+                return _run_locked(cfg, method_names, device, dtype, run_dir, metrics, on_saved)
             finally:
                 metrics.finish()
     except ValueError:
@@ -113,7 +121,7 @@ def run_benchmark(cfg: RunConfig) -> list[dict]:
 
 
 def _run_locked(cfg: RunConfig, method_names: list[str], device: torch.device, dtype: torch.dtype,
-                run_dir: Path, metrics: MetricsSink) -> list[dict]:
+                run_dir: Path, metrics: MetricsSink, on_saved: Callable[[], None]) -> list[dict]:
     store = RunStore(run_dir)
     loaded = load_model(cfg.model, device=str(device), dtype=dtype, trust_remote_code=cfg.trust_remote_code)
     model, tokenizer = loaded.model, loaded.tokenizer
@@ -155,14 +163,17 @@ def _run_locked(cfg: RunConfig, method_names: list[str], device: torch.device, d
         cells = [build_cell(m, spec, k, cfg.expansion, settings, cfg.seed, device, autocast, cfg.compile)
                  for m, k in group]
         train_with_checkpoints(cfg, model, tokenizer, layer, loaded.model_id, cells, run_dir / "checkpoints" / "_training",
-                               {k: base_row[k] for k in CELL_KEY if k not in ("method", "k")}, device, metrics)
+                               {k: base_row[k] for k in CELL_KEY if k not in ("method", "k")}, device, metrics,
+                               on_saved)
         with progress("evaluating cells", len(cells)) as bar:
             for cell in cells:
                 store.append(finish_cell(cell, run_dir, base_row, spec, model, tokenizer, x_eval, y_eval, evaluator,
                                          baselines, metrics))
+                on_saved()
                 bar.update(1)
         del cells  # free this group's memory before the next one
     shutil.rmtree(run_dir / "checkpoints" / "_training", ignore_errors=True)
+    on_saved()
     return store.rows()
 
 
@@ -216,7 +227,8 @@ def training_source(cfg: RunConfig, model, tokenizer, layer: int, model_id: str,
 
 
 def train_with_checkpoints(cfg: RunConfig, model, tokenizer, layer: int, model_id: str, cells: list[Cell],
-                           state_dir: Path, settings_key: dict, device: torch.device, metrics: MetricsSink) -> None:
+                           state_dir: Path, settings_key: dict, device: torch.device, metrics: MetricsSink,
+                           on_saved: Callable[[], None] = _nothing) -> None:
     """Train all cells from one stream, resuming from and saving to ``state_dir``."""
     served = drawn = 0
     saved = load_progress(state_dir, cells, settings_key)
@@ -241,6 +253,7 @@ def train_with_checkpoints(cfg: RunConfig, model, tokenizer, layer: int, model_i
             if time.monotonic() - last_save >= cfg.checkpoint_minutes * 60:
                 save_training_state(state_dir, cells, served, counter.tokens, settings_key)
                 LOGGER.info("saved training state at %d tokens", served)
+                on_saved()
                 last_save = time.monotonic()
 
         try:
