@@ -129,15 +129,30 @@ def _run_locked(cfg: RunConfig, method_names: list[str], device: torch.device, d
     spec = layer_spec(model, layer)
     base_row = settings_row(cfg, loaded.model_id, layer, device, dtype)
 
-    finished = store.finished_keys()
-    wanted = [(m, k) for m in method_names for k in cfg.ks
-              if cell_key({**base_row, "method": m, "k": k}) not in finished]
-    if not wanted:
-        note(f"all {len(method_names) * len(cfg.ks)} cells of {run_dir} are finished; nothing to do")
+    finished = {cell_key(row): row for row in store.rows() if row.get("status") == "ok"}
+    requested = [(m, k, cell_key({**base_row, "method": m, "k": k})) for m in method_names for k in cfg.ks]
+    wanted = [(m, k) for m, k, key in requested if key not in finished]
+    # Finished cells that lack the task scores this run asks for are scored from their checkpoints.
+    unscored = [finished[key] for _, _, key in requested
+                if key in finished and lacks_tasks(finished[key], base_row["task_names"], cfg.task_limit)]
+    for row in [r for r in unscored if not r.get("checkpoint")]:
+        note(f"cell {row['method']} K={row['k']} has no checkpoint to score tasks with; delete its row to retrain it")
+        unscored.remove(row)
+    if not wanted and not unscored:
+        note(f"all {len(requested)} cells of {run_dir} are finished; nothing to do")
         return store.rows()
     for method, k in wanted:  # constructor checks (K <= units, ...) now, on no memory at all
         with torch.device("meta"):
             methods.create(method, spec, k=k, expansion=cfg.expansion)
+    if cfg.tasks:
+        note(f"scoring {', '.join(base_row['task_names'])} on the clean and the zero-ablated model")
+        base_row["tasks_clean"], base_row["tasks_zero"] = task_baselines(model, tokenizer, layer,
+                                                                         base_row["task_names"], cfg.task_limit)
+    if unscored:
+        score_saved_cells(run_dir, store, unscored, model, tokenizer, layer, base_row, device)
+        on_saved()
+    if not wanted:
+        return store.rows()
     groups = plan_cell_groups(cfg, spec, wanted, device)
 
     eval_contexts = data_mod.take_contexts(
@@ -151,11 +166,6 @@ def _run_locked(cfg: RunConfig, method_names: list[str], device: torch.device, d
         evaluator = CrossEntropyEvaluator(model, layer, eval_contexts[:n_ce], cfg.ce_batch_size, bar.update)
         bar.update(eval_contexts[:n_ce].numel())
         baselines = Baselines(evaluator.per_sequence_ce(None), evaluator.per_sequence_ce(ZeroMLP()))
-    if cfg.tasks:
-        task_names = resolve_tasks(cfg.tasks)
-        note(f"scoring {', '.join(task_names)} on the clean and the zero-ablated model")
-        base_row["tasks_clean"], base_row["tasks_zero"] = task_baselines(model, tokenizer, layer, task_names,
-                                                                         cfg.task_limit)
 
     settings = OptimiserSettings(lr=cfg.lr, warmup_steps=cfg.warmup_steps)
     autocast = resolve_precision(cfg.precision, device)
@@ -273,6 +283,29 @@ def task_baselines(model, tokenizer, layer: int, tasks: list[str], limit: int | 
     return clean, zero
 
 
+def lacks_tasks(row: dict, task_names: list[str] | None, limit: int | None) -> bool:
+    """The row has no scores for some of ``task_names`` at this example limit."""
+    if not task_names:
+        return False
+    scored = row.get("tasks") or {}
+    return row.get("task_limit") != limit or any(name not in scored for name in task_names)
+
+
+def score_saved_cells(run_dir: Path, store: RunStore, rows: list[dict], model, tokenizer, layer: int,
+                      baselines: dict, device: torch.device) -> None:
+    """Add task scores to finished rows from their checkpoints; ``baselines`` holds ``task_names``,
+    ``task_limit`` and the clean/zero-ablated scores (``tasks_clean``, ``tasks_zero``)."""
+    tasks, limit = baselines["task_names"], baselines["task_limit"]
+    with progress(f"tasks for {len(rows)} saved cells", len(rows)) as bar:
+        for row in rows:
+            trained = load_layer(run_dir / row["checkpoint"], device=device)
+            with spliced(model, layer, trained):
+                row["tasks"] = evaluate_tasks(model, tokenizer, tasks, limit)
+            row.update({key: baselines[key] for key in ("task_names", "task_limit", "tasks_clean", "tasks_zero")})
+            store.append(row)
+            bar.update(1)
+
+
 def evaluate_saved_tasks(run_dir: Path, tasks: list[str], limit: int | None, device_name: str = "auto") -> None:
     """``bench eval``: add task scores to the finished rows of a run from their checkpoints."""
     store = RunStore(run_dir)
@@ -284,14 +317,8 @@ def evaluate_saved_tasks(run_dir: Path, tasks: list[str], limit: int | None, dev
         for (model_name, layer), group in _by_model_and_layer(rows).items():
             loaded = load_model(model_name, device=str(device), dtype=resolve_dtype("auto", device))
             clean, zero = task_baselines(loaded.model, loaded.tokenizer, layer, tasks, limit)
-            with progress(f"tasks for {len(group)} cells of {model_name} layer {layer}", len(group)) as bar:
-                for row in group:
-                    trained = load_layer(run_dir / row["checkpoint"], device=device)
-                    with spliced(loaded.model, layer, trained):
-                        row["tasks"] = evaluate_tasks(loaded.model, loaded.tokenizer, tasks, limit)
-                    row.update(tasks_clean=clean, tasks_zero=zero, task_limit=limit)
-                    store.append(row)
-                    bar.update(1)
+            baselines = {"task_names": tasks, "task_limit": limit, "tasks_clean": clean, "tasks_zero": zero}
+            score_saved_cells(run_dir, store, group, loaded.model, loaded.tokenizer, layer, baselines, device)
 
 
 def _by_model_and_layer(rows: list[dict]) -> dict[tuple[str, int], list[dict]]:

@@ -189,6 +189,27 @@ def test_tasks_are_scored_per_cell_and_bench_eval_rescores_checkpoints(tmp_path,
     assert again["tasks_clean"] == row["tasks_clean"]
 
 
+def test_adding_tasks_to_a_finished_run_scores_its_checkpoints(tmp_path, tiny_model_dir, corpus_file, capsys):
+    args = ("--methods", "tc", "--k", "2", "--no-figures")
+    assert _run(tmp_path, tiny_model_dir, corpus_file, *args) == 0
+    (plain,) = RunStore(tmp_path / "tiny").rows()
+    assert plain["task_names"] is None and "tasks" not in plain
+    capsys.readouterr()
+
+    assert _run(tmp_path, tiny_model_dir, corpus_file, *args, "--tasks", "mxbench_social_iqa", "--task-limit", "6") == 0
+    assert "training" not in capsys.readouterr().err, "a finished cell is scored, never retrained"
+    (scored,) = RunStore(tmp_path / "tiny").rows()
+    assert scored["timestamp"] == plain["timestamp"] and scored["delta_ce"] == plain["delta_ce"]
+    assert scored["task_names"] == ["mxbench_social_iqa"] and scored["task_limit"] == 6
+    for key in ("tasks", "tasks_clean", "tasks_zero"):
+        assert 0.0 <= scored[key]["mxbench_social_iqa"]["acc"] <= 1.0
+
+    assert _run(tmp_path, tiny_model_dir, corpus_file, *args, "--tasks", "mxbench_social_iqa", "--task-limit", "6") == 0
+    assert "nothing to do" in capsys.readouterr().err
+    assert _run(tmp_path, tiny_model_dir, corpus_file, *args, "--tasks", "mxbench_social_iqa", "--task-limit", "5") == 0
+    assert RunStore(tmp_path / "tiny").rows()[0]["task_limit"] == 5  # another limit is another measurement
+
+
 def test_unknown_task_is_refused_before_loading(tmp_path, tiny_model_dir, corpus_file, capsys):
     assert _run(tmp_path, tiny_model_dir, corpus_file, "--tasks", "no_such_task") == 2
     err = capsys.readouterr().err.strip()
