@@ -37,7 +37,7 @@ SEED = 1234
 CLOZE = {"n": 150, "min_context_words": 15, "max_words": 45}
 PPL = {"n": 100, "max_words": 50}
 # BIG-bench task -> examples kept (seeded subsample; None keeps all).
-BIGBENCH_TASKS: dict[str, int | None] = {"social_iqa": 100, "general_knowledge": None, "phrase_relatedness": None}
+BIGBENCH_TASKS: dict[str, int | None] = {"social_iqa": 500, "general_knowledge": None, "phrase_relatedness": None}
 # A sentence-final word: a capital or lower-case letter then at least two lower-case ones and a period,
 # so abbreviations ("U.S.", "St.") and numbers are not targets.
 _FINAL_WORD = re.compile(r"^[A-Za-z][a-z]{2,}\.$")
