@@ -91,7 +91,7 @@ def measure_training(method: str, shape: Shape, k: int, tokens: int, warmup: int
                           device=device, autocast_dtype=autocast, compile=compile)
         parts: dict[str, list[float]] = {"forward": [], "project": [], "optimiser": [], "constrain": []}
         time_calls(lambda: train_step(cell, x, y), warmup, 0, device)
-        cell.forward = _timed(cell.forward or cell.layer, parts["forward"], device)
+        cell.forward = _timed(cell.compute, parts["forward"], device)
         cell.layer.project_gradients = _timed(cell.layer.project_gradients, parts["project"], device)
         cell.optimiser.step = _timed(cell.optimiser.step, parts["optimiser"], device)
         cell.layer.constrain = _timed(cell.layer.constrain, parts["constrain"], device)

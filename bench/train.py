@@ -43,7 +43,13 @@ class Cell:
     error: str | None = None
     micro_batches: int = 1  # raised after an out-of-memory error; the effective batch stays the same
     autocast_dtype: torch.dtype | None = None  # bf16 compute over fp32 master weights
-    forward: Callable | None = None  # the layer, or its torch.compile'd twin
+    forward: Callable | None = None  # the layer's torch.compile'd twin, if any
+
+    @property
+    def compute(self) -> Callable:
+        """What a step calls: the compiled twin when there is one (never ``forward or layer``: a
+        compiled module's truth value raises), else the layer itself."""
+        return self.layer if self.forward is None else self.forward
 
 
 # An NMSE this far above 1 (predicting the mean) means the optimisation has blown up.
@@ -89,7 +95,7 @@ def train_step(cell: Cell, x: torch.Tensor, y: torch.Tensor) -> None:
     for part_source, part_y in zip(source.chunk(cell.micro_batches), y.chunk(cell.micro_batches)):
         with torch.autocast(x.device.type, dtype=cell.autocast_dtype or torch.float32,
                             enabled=cell.autocast_dtype is not None):
-            estimate, _ = (cell.forward or cell.layer)(part_source)
+            estimate, _ = cell.compute(part_source)
         loss = (estimate.float() - part_y).pow(2).sum() / variance
         if not torch.isfinite(loss) or loss.item() > DIVERGED_NMSE:
             cell.status, cell.error = "failed", f"loss became {loss.item():.4g} at step {cell.steps} (diverged)"

@@ -109,3 +109,22 @@ def test_out_of_memory_at_one_token_fails_the_cell_only():
     cell.forward = lambda x: (_ for _ in ()).throw(torch.OutOfMemoryError("simulated"))
     train_cells([cell], [(torch.randn(4, 16), torch.randn(4, 16))])
     assert cell.status == "failed" and "out of memory" in cell.error
+
+
+def test_compiled_cells_train_like_eager_ones():
+    """`--compile`: the torch.compile'd twin takes the same steps (CPU inductor; about 20 s)."""
+    from bench.train import train_step
+
+    spec = LayerSpec(16, 32, gated=True, activation="gelu_pytorch_tanh")
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 16), torch.randn(64, 16)
+    for method in ("tc", "mxd"):
+        compiled = build_cell(method, spec, 4, 4, OptimiserSettings(warmup_steps=1), seed=0, compile=True)
+        eager = build_cell(method, spec, 4, 4, OptimiserSettings(warmup_steps=1), seed=0, compile=False)
+        assert compiled.forward is not compiled.layer and eager.compute is eager.layer
+        for _ in range(3):
+            train_step(compiled, x, y)
+            train_step(eager, x, y)
+        assert compiled.status == eager.status == "ok" and compiled.steps == 3
+        for a, b in zip(compiled.layer.parameters(), eager.layer.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
