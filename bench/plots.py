@@ -118,7 +118,7 @@ def read_cells(paths: Sequence[Path] | Path) -> pd.DataFrame:
         if "ce_zero" in frame.columns:
             recovered = (frame["ce_zero"] - frame["ce_spliced"]) / (frame["ce_zero"] - frame["ce_clean"])
             frame["ce_recovered"] = frame.get("ce_recovered", recovered).fillna(recovered)
-    return frame
+    return frame.copy()  # one block per dtype again after the column-by-column conversions
 
 
 def load_results(paths: Sequence[Path] | Path) -> pd.DataFrame:
