@@ -11,6 +11,7 @@ construction. b_dec is stored as ``b_out`` to share the TC's decode path.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from methods.base import LayerSpec, SparseCodes, topk_relu
 from methods.registry import register
@@ -30,4 +31,8 @@ class SparseAutoencoder(Transcoder):
             self.encoder.weight.copy_(self.decoder)
 
     def encode(self, y: torch.Tensor) -> SparseCodes:
-        return topk_relu(self.encoder(y - self.b_out), self.config.k)
+        # W_enc (y - b_dec) + b_enc, with W_enc b_dec computed once per batch rather than per token:
+        # the per-token product then reads only data, so backward skips its [tokens, d] input
+        # gradient (a third of the encoder's backward); b_dec's gradient comes through the one vector.
+        shift = F.linear(self.b_out, self.encoder.weight)
+        return topk_relu(self.encoder(y) - shift, self.config.k)

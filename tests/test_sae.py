@@ -49,3 +49,23 @@ def test_sae_decoder_stays_unit_norm_while_training() -> None:
         layer.constrain()
     torch.testing.assert_close(layer.decoder.norm(dim=-1), torch.ones(layer.n_units))
     assert not torch.equal(layer.encoder.weight, layer.decoder)  # it did train
+
+
+def test_sae_gradients_match_the_dense_formula() -> None:
+    """The per-batch W_enc b_dec shift is a fast path: every gradient equals that of W_enc (y - b_dec)."""
+    torch.manual_seed(0)
+    fast = create("sae", SPEC, expansion=4, k=6)
+    with torch.no_grad():
+        for p in fast.parameters():
+            p.normal_(0.0, 0.5)
+    y, upstream = torch.randn(25, 16), torch.randn(25, 16)
+    (fast(y)[0] * upstream).sum().backward()
+
+    params = {name: p.detach().clone().requires_grad_() for name, p in fast.named_parameters()}
+    pre = (y - params["b_out"]) @ params["encoder.weight"].T + params["encoder.bias"]
+    values, indices = pre.topk(6, dim=-1)
+    z = torch.zeros_like(pre).scatter(-1, indices, values.relu())
+    ((z @ params["decoder"] + params["b_out"]) * upstream).sum().backward()
+    for name, p in fast.named_parameters():
+        torch.testing.assert_close(p.grad, params[name].grad, msg=name)
+    assert fast.b_out.grad.abs().sum() > 0 and fast.encoder.weight.grad.abs().sum() > 0
