@@ -69,10 +69,21 @@ def build_cell(method: str, spec: LayerSpec, k: int, expansion: int, settings: O
     """
     torch.manual_seed(seed)
     layer = methods.create(method, spec, k=k, expansion=expansion, **overrides).to(device)
-    optimiser = torch.optim.AdamW(layer.parameters(), lr=settings.lr, betas=settings.betas, weight_decay=0.0)
+    optimiser = adamw(layer.parameters(), settings)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, warmup_then_constant(settings.warmup_steps))
     forward = torch.compile(layer) if compile else layer
     return Cell(method, k, layer, optimiser, scheduler, autocast_dtype=autocast_dtype, forward=forward)
+
+
+def adamw(parameters, settings: OptimiserSettings) -> torch.optim.AdamW:
+    """AdamW, fused (one kernel over all tensors: about 7x faster than the per-tensor loop on CPU,
+    see `bench perf`) where this torch and device support it, else torch's default."""
+    parameters = list(parameters)
+    options = dict(lr=settings.lr, betas=settings.betas, weight_decay=0.0)
+    try:
+        return torch.optim.AdamW(parameters, fused=True, **options)
+    except (RuntimeError, ValueError):  # e.g. a device without a fused kernel
+        return torch.optim.AdamW(parameters, **options)
 
 
 def normalised_mse(estimate: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -45,7 +45,8 @@ def test_quick_run_writes_every_section(tmp_path, tiny_model_dir, capsys) -> Non
         assert r["phase_s"]["forward"] > 0 and r["phase_s"]["optimiser"] > 0
     assert {r["method"] for r in result["step_time_ratios"]} == {r["method"] for r in rows} - {"tc"}
 
-    assert result["optimiser"][0]["default (bench.train)"] > 0
+    assert all(result["optimiser"][0][name] > 0 for name in ("for-loop", "foreach", "fused"))
+    assert result["optimiser"][0]["bench.train uses"] == "fused"
     assert result["peers"]["status"] == "skipped"
     lm = result["lm"]
     for field in ("full_forward_tokens_per_s", "collect_mlp_io_tokens_per_s", "ce_with_replay_tokens_per_s",
