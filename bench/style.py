@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 from typing import Iterable, NamedTuple, Sequence
 
+import matplotlib
 import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
@@ -48,9 +49,12 @@ RC: dict[str, object] = {
 }
 
 # Timestamps and version strings in file metadata are what make re-saved figures differ.
+# No dates or paths: the same rows give the same bytes. The matplotlib version is kept, since
+# another version may draw the same figure with different bytes (tests compare bytes only then).
+_WRITER = f"mxbench, matplotlib {matplotlib.__version__}"
 _METADATA = {
-    "png": {"Software": None},
-    "pdf": {"CreationDate": None, "ModDate": None, "Creator": None, "Producer": None},
+    "png": {"Software": _WRITER},
+    "pdf": {"CreationDate": None, "ModDate": None, "Creator": _WRITER, "Producer": None},
 }
 
 

@@ -237,3 +237,31 @@ def test_method_styles_fixed_and_distinct() -> None:
 def test_sanitize_makes_file_safe_names() -> None:
     assert sanitize("meta-llama/Llama-3.2-3B") == "meta-llama_Llama-3.2-3B"
     assert sanitize("../x y") == "x_y"
+
+
+REPO = Path(__file__).resolve().parents[1]
+COMMITTED_RUNS = sorted(p.parent for p in (REPO / "results").glob("*/cells.jsonl"))
+
+
+@pytest.mark.parametrize("run", COMMITTED_RUNS, ids=lambda p: p.name)
+def test_committed_figures_regenerate_from_committed_results(run: Path, tmp_path: Path) -> None:
+    """`bench plot results/<run>` on a fresh clone rebuilds figures/<run>/: the same files, and the
+    same bytes wherever the matplotlib that drew them is the one installed (its version is in each PNG)."""
+    from PIL import Image
+
+    committed = {p.name: p for p in (REPO / "figures" / run.name).iterdir() if p.suffix in (".png", ".pdf")}
+    fresh = {p.name: p for p in plot_results([run], tmp_path)}
+    assert sorted(fresh) == sorted(committed), "figures/ is stale: run `bench plot` and commit what it writes"
+    writers = set()
+    for name in (n for n in committed if n.endswith(".png")):
+        with Image.open(committed[name]) as old, Image.open(fresh[name]) as new:
+            assert old.size == new.size, name
+            writers |= {old.info.get("Software"), new.info.get("Software")}
+    if len(writers) == 1:  # drawn by this very matplotlib: nothing may differ
+        for name, path in committed.items():
+            assert path.read_bytes() == fresh[name].read_bytes(), f"{name} differs: regenerate figures/{run.name}"
+
+
+def test_committed_reference_run_exists() -> None:
+    """The README shows figures of a committed run; the test above is only as good as its presence."""
+    assert COMMITTED_RUNS, "no results/<run>/cells.jsonl committed"
