@@ -135,7 +135,7 @@ def _run_locked(cfg: RunConfig, method_names: list[str], device: torch.device, d
     # Finished cells that lack the task scores this run asks for are scored from their checkpoints.
     unscored = [finished[key] for _, _, key in requested
                 if key in finished and lacks_tasks(finished[key], base_row["task_names"], cfg.task_limit)]
-    for row in [r for r in unscored if not r.get("checkpoint")]:
+    for row in [r for r in unscored if not (r.get("checkpoint") and (run_dir / r["checkpoint"]).is_dir())]:
         note(f"cell {row['method']} K={row['k']} has no checkpoint to score tasks with; delete its row to retrain it")
         unscored.remove(row)
     if not wanted and not unscored:

@@ -209,6 +209,13 @@ def test_adding_tasks_to_a_finished_run_scores_its_checkpoints(tmp_path, tiny_mo
     assert _run(tmp_path, tiny_model_dir, corpus_file, *args, "--tasks", "mxbench_social_iqa", "--task-limit", "5") == 0
     assert RunStore(tmp_path / "tiny").rows()[0]["task_limit"] == 5  # another limit is another measurement
 
+    import shutil  # a run copied without its checkpoints (a fresh clone of committed results) says so
+
+    shutil.rmtree(tmp_path / "tiny" / "checkpoints")
+    capsys.readouterr()
+    assert _run(tmp_path, tiny_model_dir, corpus_file, *args, "--tasks", "mxbench_social_iqa", "--task-limit", "4") == 0
+    assert "cell tc K=2 has no checkpoint to score tasks with" in capsys.readouterr().err
+
 
 def test_unknown_task_is_refused_before_loading(tmp_path, tiny_model_dir, corpus_file, capsys):
     assert _run(tmp_path, tiny_model_dir, corpus_file, "--tasks", "no_such_task") == 2
