@@ -124,9 +124,9 @@ def optimiser_variants(shape: Shape, device: torch.device, repeats: int) -> dict
     layer = methods.create("tc", shape.spec, k=1, expansion=shape.expansion).to(device)
     for p in layer.parameters():
         p.grad = torch.randn_like(p)
+    fused = adamw(layer.parameters(), OptimiserSettings()).defaults.get("fused")
     row: dict[str, Any] = {"shape": shape.name, "n_params": layer.n_params(),
-                           "bench.train uses": "fused" if adamw(layer.parameters(), OptimiserSettings()).defaults.get(
-                               "fused") else "torch default"}
+                           "bench.train uses": "fused" if fused else "torch default"}
     for name, options in OPTIMISER_VARIANTS.items():
         try:
             optimiser = torch.optim.AdamW(layer.parameters(), lr=1e-4, weight_decay=0.0, **options)
