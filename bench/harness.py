@@ -243,7 +243,7 @@ def train_with_checkpoints(cfg: RunConfig, model, tokenizer, layer: int, model_i
     served = drawn = 0
     saved = load_progress(state_dir, cells, settings_key)
     if saved:
-        restore_cells(state_dir, cells)
+        restore_cells(state_dir, cells, saved)
         served, drawn = saved["tokens_served"], saved["tokens_drawn"]
         note(f"resuming {len(cells)} cells at {served:,} of {cfg.train_tokens:,} tokens")
     source, writer = training_source(cfg, model, tokenizer, layer, model_id, drawn)

@@ -47,7 +47,8 @@ def test_sigkill_mid_training_then_rerun_completes(tmp_path, tiny_model_dir):
     assert "resuming 2 cells at" in rerun.stderr
     rows = RunStore(tmp_path / "r").rows()
     assert sorted(r["method"] for r in rows) == ["mxd", "tc"]
-    assert all(r["status"] == "ok" and r["trained_tokens"] == tokens for r in rows)
+    assert all(r["status"] == "ok" and r["trained_tokens"] == tokens for r in rows), [
+        (r["method"], r["status"], r["trained_tokens"], r.get("error")) for r in rows]
     assert not progress.parent.exists(), "training state is removed once every cell is written"
 
 
