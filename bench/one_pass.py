@@ -14,30 +14,29 @@ import torch
 
 from bench import data as data_mod
 from bench.activations import lm_chunks, shuffled_batches
+from bench.config import preset_config
 from bench.models import LoadedModel, default_layer, layer_spec
 from bench.timing import synchronize
 from bench.train import OptimiserSettings, build_cell, train_cells
 
-CONTEXT_LENGTH = 128
-BATCH_SIZE = 512  # tokens per step, the smoke preset's
-EXPANSION = 8  # the smoke preset's budget
-LM_BATCH = 32
+SMOKE = preset_config("smoke")  # context length, batch, budget, LR and buffer of `bench run`'s default
 
 
 def _batches(loaded: LoadedModel, layer: int, tokens: int, device: torch.device):
     """A fresh activation stream: contexts of the embedded corpus through the LM up to layer L."""
     contexts = data_mod.pack_contexts(data_mod.iter_documents(data_mod.EMBEDDED_CORPUS, "train"), loaded.tokenizer,
-                                      CONTEXT_LENGTH)
-    chunks = lm_chunks(loaded.model, layer, contexts, LM_BATCH)
-    return shuffled_batches(chunks, tokens, BATCH_SIZE, 2**15, seed=0, device=device)
+                                      SMOKE.context_length)
+    chunks = lm_chunks(loaded.model, layer, contexts, SMOKE.lm_batch_size)
+    return shuffled_batches(chunks, tokens, SMOKE.batch_size, SMOKE.buffer_tokens, seed=SMOKE.seed, device=device)
 
 
 def _train_seconds(loaded: LoadedModel, layer: int, cells: list[tuple[str, int]], tokens: int,
                    device: torch.device) -> float:
     spec = layer_spec(loaded.model, layer)
-    settings = OptimiserSettings(lr=1e-3, warmup_steps=20)
+    settings = OptimiserSettings(lr=SMOKE.lr, warmup_steps=SMOKE.warmup_steps)
     start = time.perf_counter()
-    built = [build_cell(method, spec, k, EXPANSION, settings, seed=0, device=device) for method, k in cells]
+    built = [build_cell(method, spec, k, SMOKE.expansion, settings, seed=SMOKE.seed, device=device)
+             for method, k in cells]
     train_cells(built, _batches(loaded, layer, tokens, device))
     synchronize(device)
     return time.perf_counter() - start
@@ -50,6 +49,6 @@ def measure_one_pass(loaded: LoadedModel, cells: list[tuple[str, int]], tokens: 
     one_pass = _train_seconds(loaded, layer, cells, tokens, device)
     one_by_one = sum(_train_seconds(loaded, layer, [cell], tokens, device) for cell in cells)
     return {"model": loaded.model_id, "layer": layer, "cells": [f"{m}/k{k}" for m, k in cells],
-            "tokens_per_cell": tokens, "context_length": CONTEXT_LENGTH, "batch_size": BATCH_SIZE,
-            "expansion": EXPANSION, "one_pass_s": one_pass, "one_stream_per_cell_s": one_by_one,
+            "tokens_per_cell": tokens, "context_length": SMOKE.context_length, "batch_size": SMOKE.batch_size,
+            "expansion": SMOKE.expansion, "one_pass_s": one_pass, "one_stream_per_cell_s": one_by_one,
             "speedup": one_by_one / one_pass}

@@ -5,16 +5,16 @@ Optional (``pip install 'mxbench[perf]'``); without it the comparison is skipped
 from __future__ import annotations
 
 import statistics
-import sys
 from importlib.metadata import version
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from bench.timing import PeakMemory, time_calls
+from bench.timing import PeakMemory, say, time_calls
 
 if TYPE_CHECKING:
     from bench.perf import Shape
+
 
 def saelens_available() -> bool:
     try:
@@ -68,16 +68,12 @@ def peer_comparison(shapes: list[Shape], ks: list[int], train_rows: list[dict], 
                 except Exception as error:  # their code paths fail in their own ways; report, go on
                     rows.append({"shape": shape.name, "k": k, "peer": _saelens_name(sparse), "status": "failed",
                                  "error": f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"})
-                    _say(f"peer {_saelens_name(sparse)} {shape.name} K={k}: failed ({rows[-1]['error']})")
+                    say(f"peer {_saelens_name(sparse)} {shape.name} K={k}: failed ({rows[-1]['error']})")
                     continue
                 for method in ("tc", "sae"):
                     if (shape.name, method, k) in ours:
                         peer[f"{method}_speedup"] = ours[(shape.name, method, k)]["tokens_per_s"] / peer["tokens_per_s"]
                 rows.append(peer)
-                _say(f"peer {peer['peer']} {shape.name} K={k}: {peer['tokens_per_s']:,.0f} tokens/s")
+                say(f"peer {peer['peer']} {shape.name} K={k}: {peer['tokens_per_s']:,.0f} tokens/s")
     return {"status": "ok", "message": "speedup = our tokens/s over SAELens's at the same shape, K and batch",
             "rows": rows}
-
-
-def _say(message: str) -> None:
-    print(f"[perf] {message}", file=sys.stderr, flush=True)

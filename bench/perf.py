@@ -20,7 +20,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -33,7 +32,7 @@ import methods
 from bench import results
 from bench.flops import executed_step_flops, forward_flops, step_flops
 from bench.peers import peer_comparison
-from bench.timing import PeakMemory, matmul_ceiling, synchronize, time_calls
+from bench.timing import PeakMemory, matmul_ceiling, say, synchronize, time_calls
 from bench.train import OptimiserSettings, adamw, build_cell, train_step
 from methods.base import LayerSpec
 
@@ -222,10 +221,6 @@ def _names(text: str | list[str] | None) -> list[str] | None:
     return [v.strip() for v in text.split(",") if v.strip()]
 
 
-def _progress(message: str) -> None:
-    print(f"[perf] {message}", file=sys.stderr, flush=True)
-
-
 def resolve_settings(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     gpu = device.type == "cuda"
     shape_names = _names(args.shapes) or (["smoke"] if args.quick else DEFAULT_SHAPES)
@@ -294,7 +289,7 @@ def run_perf(args: argparse.Namespace) -> dict[str, Any]:
     if device.type == "cuda":
         ceilings["bf16"] = matmul_ceiling(device, torch.bfloat16, settings["ceiling_n"], settings["ceiling_repeats"])
     result["ceiling"] = ceilings
-    _progress("matmul ceiling: " + ", ".join(f"{k} {v['flops_per_s'] / 1e9:,.1f} GFLOP/s" for k, v in ceilings.items()))
+    say("matmul ceiling: " + ", ".join(f"{k} {v['flops_per_s'] / 1e9:,.1f} GFLOP/s" for k, v in ceilings.items()))
 
     shapes = [SHAPES[s] for s in settings["shapes"]]
     train_rows = []
@@ -308,7 +303,7 @@ def run_perf(args: argparse.Namespace) -> dict[str, Any]:
                     row = {"shape": shape.name, "method": method, "k": k, "status": "failed",
                            "error": f"{type(error).__name__}: {str(error).splitlines()[0]}"}
                 train_rows.append(row)
-                _progress(f"{shape.name} {method} K={k}: " + (f"{row['tokens_per_s']:,.0f} tokens/s"
+                say(f"{shape.name} {method} K={k}: " + (f"{row['tokens_per_s']:,.0f} tokens/s"
                           if row["status"] == "ok" else row.get("error", "failed")))
     result["train"] = train_rows
     result["step_time_ratios"] = step_time_ratios(train_rows)
@@ -325,14 +320,14 @@ def run_perf(args: argparse.Namespace) -> dict[str, Any]:
         result["lm"] = measure_lm(loaded, device, settings["lm_contexts"], settings["context_length"],
                                   settings["ce_batch"], settings["lm_repeats"])
         if settings["one_pass_tokens"]:
-            _progress(f"one pass vs one stream per cell: {settings['one_pass_tokens']:,} tokens per cell")
+            say(f"one pass vs one stream per cell: {settings['one_pass_tokens']:,} tokens per cell")
             result["one_pass"] = measure_one_pass(loaded, settings["one_pass_cells"], settings["one_pass_tokens"],
                                                   device)
     result["machine"]["load_average_1m_at_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     out = Path(args.out or f"results/perf/perf-{device.type}.json")
     results.atomic_write_text(out, json.dumps(result, indent=1, default=str) + "\n")
     print(format_report(result))
-    _progress(f"wrote {out}")
+    say(f"wrote {out}")
     return result
 
 

@@ -5,6 +5,7 @@ import ctypes
 import gc
 import re
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -89,3 +90,8 @@ def matmul_ceiling(device: torch.device, dtype: torch.dtype, n: int, repeats: in
     flops = 2 * n ** 3
     return {"dtype": str(dtype).replace("torch.", ""), "n": n, "repeats": repeats,
             "flops_per_s": flops / statistics.median(times), "best_flops_per_s": flops / min(times)}
+
+
+def say(message: str) -> None:
+    """A progress line of ``bench perf`` on stderr (the table goes to stdout)."""
+    print(f"[perf] {message}", file=sys.stderr, flush=True)
