@@ -3,11 +3,12 @@
 The harness trains every (method, K) cell of a model and layer on the same batches, so the
 LM's forward is paid once per batch. ``measure_one_pass`` measures what that saves, in one
 run on this machine: the same cells, the same tokens and seeds, trained both ways from the
-embedded corpus. ``bench perf`` reports it.
+embedded corpus (random token ids for a ``--random-lm`` model). ``bench perf`` reports it.
 """
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -22,10 +23,19 @@ from bench.train import OptimiserSettings, build_cell, train_cells
 SMOKE = preset_config("smoke")  # context length, batch, budget, LR and buffer of `bench run`'s default
 
 
+def _contexts(loaded: LoadedModel) -> Iterator[torch.Tensor]:
+    """Contexts of the embedded corpus; endless seeded random ids for a random-weight LM (no tokenizer)."""
+    if loaded.tokenizer is None:
+        generator = torch.Generator().manual_seed(SMOKE.seed)
+        vocab = loaded.model.get_input_embeddings().num_embeddings
+        return iter(lambda: torch.randint(0, vocab, (SMOKE.context_length,), generator=generator), None)
+    return data_mod.pack_contexts(data_mod.iter_documents(data_mod.EMBEDDED_CORPUS, "train"), loaded.tokenizer,
+                                  SMOKE.context_length)
+
+
 def _batches(loaded: LoadedModel, layer: int, tokens: int, device: torch.device):
-    """A fresh activation stream: contexts of the embedded corpus through the LM up to layer L."""
-    contexts = data_mod.pack_contexts(data_mod.iter_documents(data_mod.EMBEDDED_CORPUS, "train"), loaded.tokenizer,
-                                      SMOKE.context_length)
+    """A fresh activation stream: contexts through the LM up to layer L."""
+    contexts = _contexts(loaded)
     chunks = lm_chunks(loaded.model, layer, contexts, SMOKE.lm_batch_size)
     return shuffled_batches(chunks, tokens, SMOKE.batch_size, SMOKE.buffer_tokens, seed=SMOKE.seed, device=device)
 
