@@ -32,6 +32,7 @@ import methods
 from bench import results
 from bench.flops import executed_step_flops, forward_flops, step_flops
 from bench.peers import peer_comparison
+from bench.perf_table import format_report
 from bench.timing import PeakMemory, matmul_ceiling, say, synchronize, time_calls
 from bench.train import OptimiserSettings, adamw, build_cell, train_step
 from methods.base import LayerSpec
@@ -88,13 +89,16 @@ def measure_training(method: str, shape: Shape, k: int, tokens: int, warmup: int
     with PeakMemory(device) as memory:
         cell = build_cell(method, shape.spec, k, shape.expansion, OptimiserSettings(warmup_steps=1), seed=0,
                           device=device, autocast_dtype=autocast, compile=compile)
+        times = time_calls(lambda: train_step(cell, x, y), warmup, steps, device)
+        # The phase split needs a synchronisation around each phase, which on a GPU stalls the
+        # queue the headline step time relies on: so it comes from separate, instrumented steps.
         parts: dict[str, list[float]] = {"forward": [], "project": [], "optimiser": [], "constrain": []}
-        time_calls(lambda: train_step(cell, x, y), warmup, 0, device)
         cell.forward = _timed(cell.compute, parts["forward"], device)
         cell.layer.project_gradients = _timed(cell.layer.project_gradients, parts["project"], device)
         cell.optimiser.step = _timed(cell.optimiser.step, parts["optimiser"], device)
         cell.layer.constrain = _timed(cell.layer.constrain, parts["constrain"], device)
-        times = time_calls(lambda: train_step(cell, x, y), 0, steps, device)
+        phase_steps = max(1, steps // 2)
+        instrumented_s = statistics.median(time_calls(lambda: train_step(cell, x, y), 0, phase_steps, device))
     if cell.status != "ok":
         row.update(status="failed", error=cell.error)
         return row
@@ -104,9 +108,9 @@ def measure_training(method: str, shape: Shape, k: int, tokens: int, warmup: int
                step_s_min=min(times), tokens_per_s=tokens / step_s,
                peak_memory_bytes=memory.bytes, memory_method=memory.method)
     phases = {name: statistics.median(v) if v else 0.0 for name, v in parts.items()}
-    phases["backward_and_rest"] = max(0.0, step_s - sum(phases.values()))
-    row["phase_s"] = phases
-    row["phase_share"] = {name: s / step_s for name, s in phases.items()}
+    phases["backward_and_rest"] = max(0.0, instrumented_s - sum(phases.values()))
+    row.update(phase_s=phases, phase_steps=phase_steps, instrumented_step_s=instrumented_s)
+    row["phase_share"] = {name: s / instrumented_s for name, s in phases.items()}
     ceiling = ceilings.get("bf16" if autocast is not None else "fp32", ceilings["fp32"])["flops_per_s"]
     fwd, conventional, executed = forward_flops(layer, tokens), step_flops(layer, tokens), executed_step_flops(layer, tokens)
     row["forward_flops_per_token"] = None if fwd is None else fwd // tokens
@@ -125,7 +129,7 @@ def optimiser_variants(shape: Shape, device: torch.device, repeats: int) -> dict
         p.grad = torch.randn_like(p)
     fused = adamw(layer.parameters(), OptimiserSettings()).defaults.get("fused")
     row: dict[str, Any] = {"shape": shape.name, "n_params": layer.n_params(),
-                           "bench.train uses": "fused" if fused else "torch default"}
+                           "bench.train uses": "fused" if fused else "torch default", "variants": list(OPTIMISER_VARIANTS)}
     for name, options in OPTIMISER_VARIANTS.items():
         try:
             optimiser = torch.optim.AdamW(layer.parameters(), lr=1e-4, weight_decay=0.0, **options)
@@ -146,6 +150,17 @@ def lm_dtype(device: torch.device) -> torch.dtype:
     from bench.harness import resolve_dtype
 
     return resolve_dtype("auto", device)
+
+
+def load_lm(name: str, random_weights: bool, device: torch.device):
+    """The LM in ``bench run``'s dtype: loaded, or built from its stored architecture (``--random-lm``)."""
+    if random_weights:
+        from bench.model_shapes import random_model
+
+        return random_model(name, device, lm_dtype(device))
+    from bench.models import load_model
+
+    return load_model(name, device=str(device), dtype=lm_dtype(device))
 
 
 def measure_lm(loaded, device: torch.device, contexts: int, context_length: int, ce_batch: int,
@@ -206,6 +221,9 @@ def add_perf_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--compile", action="store_true", help="torch.compile the layers, as `bench run --compile`")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--model", default="gemma-3-270m", help="LM for the activation/CE measurements")
+    parser.add_argument("--random-lm", action="store_true",
+                        help="build --model's architecture with random weights and feed random token ids (the "
+                             "rates do not depend on them): no download, tokenizer or embedded package needed")
     parser.add_argument("--no-lm", dest="lm", action="store_false",
                         help="skip the LM measurements (and the one-pass comparison, which needs the LM)")
     parser.add_argument("--one-pass-tokens", type=int, default=None,
@@ -237,6 +255,10 @@ def resolve_settings(args: argparse.Namespace, device: torch.device) -> dict[str
         2048 if args.quick else 2**18 if gpu else 8192)
     if one_pass_tokens < 0:
         raise ValueError(f"--one-pass-tokens must be >= 0, got {one_pass_tokens}")
+    if args.lm and args.random_lm:
+        from bench.model_shapes import architecture_alias
+
+        architecture_alias(args.model)  # refuse an unknown name now, not after the training measurements
     from bench.harness import expand_methods
 
     return {"shapes": shape_names, "ks": ks, "methods": expand_methods(_names(args.methods)), "tokens": tokens,
@@ -244,7 +266,7 @@ def resolve_settings(args: argparse.Namespace, device: torch.device) -> dict[str
             "ceiling_n": 8192 if gpu else (1024 if args.quick else 2048), "ceiling_repeats": 10 if gpu else 3,
             "lm_contexts": 4 if args.quick else 16 if gpu else 8, "context_length": 128, "ce_batch": 4,
             "lm_repeats": 1 if args.quick else 3 if gpu else 2, "precision": args.precision, "compile": args.compile,
-            "quick": args.quick, "threads": torch.get_num_threads(),
+            "quick": args.quick, "threads": torch.get_num_threads(), "random_lm": args.random_lm,
             "one_pass_tokens": one_pass_tokens, "one_pass_cells": [(m, k) for m in ("tc", "mxd") for k in (16, 64)]}
 
 
@@ -313,10 +335,9 @@ def run_perf(args: argparse.Namespace) -> dict[str, Any]:
     else:
         result["peers"] = {"status": "skipped", "message": "--no-peers", "rows": []}
     if args.lm:
-        from bench.models import load_model
         from bench.one_pass import measure_one_pass
 
-        loaded = load_model(args.model, device=str(device), dtype=lm_dtype(device))
+        loaded = load_lm(args.model, args.random_lm, device)
         result["lm"] = measure_lm(loaded, device, settings["lm_contexts"], settings["context_length"],
                                   settings["ce_batch"], settings["lm_repeats"])
         if settings["one_pass_tokens"]:
@@ -332,75 +353,17 @@ def run_perf(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def step_time_ratios(rows: list[dict]) -> list[dict]:
-    """Each method's step time over the TC's at the same shape and K (methods are parameter-matched)."""
+    """Each method's step time over the TC's at the same shape and K (methods are parameter-matched),
+    beside its executed-FLOP ratio: where the two agree, the extra time is arithmetic the method
+    must do (MxD's dense hidden branch), not overhead a faster implementation could remove."""
     tc = {(r["shape"], r["k"]): r for r in rows if r["method"] == "tc" and r.get("status") == "ok"}
     out = []
     for r in rows:
         base = tc.get((r["shape"], r["k"]))
         if base is not None and r.get("status") == "ok" and r["method"] != "tc":
-            out.append({"shape": r["shape"], "k": r["k"], "method": r["method"], "params_ratio": r["n_params"] / base["n_params"],
-                        "step_time_over_tc": r["step_s"] / base["step_s"]})
+            flops = r.get("executed_step_flops"), base.get("executed_step_flops")
+            out.append({"shape": r["shape"], "k": r["k"], "method": r["method"],
+                        "params_ratio": r["n_params"] / base["n_params"],
+                        "step_time_over_tc": r["step_s"] / base["step_s"],
+                        "executed_flops_over_tc": flops[0] / flops[1] if None not in flops else None})
     return out
-
-
-# ---------------------------------------------------------------------------- the table
-
-def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def format_report(result: dict[str, Any]) -> str:
-    m, c = result["machine"], result["ceiling"]
-    lines = [f"device {m['device']}: {m.get('gpu') or m['cpu']}, {m['cpu_count']} cores, {m['torch_threads']} torch threads",
-             "matmul ceiling: " + ", ".join(f"{k} {v['flops_per_s'] / 1e9:,.1f} GFLOP/s (n={v['n']})" for k, v in c.items()),
-             "",
-             f"{'shape':<10} {'method':<16} {'K':>4} {'params':>7} {'tok/step':>8} {'steps':>5} {'ms/step':>8} "
-             f"{'tokens/s':>9} {'GFLOP/s':>8} {'%ceil':>6} {'%exec':>6} {'peak MB':>8} {'fwd%':>5} {'proj%':>5} "
-             f"{'opt%':>5} {'cons%':>5}"]
-    for r in result["train"]:
-        if r.get("status") != "ok":
-            lines.append(f"{r['shape']:<10} {r['method']:<16} {r['k']:>4} failed: {r.get('error')}")
-            continue
-        share = r["phase_share"]
-        lines.append(
-            f"{r['shape']:<10} {r['method']:<16} {r['k']:>4} {r['n_params'] / 1e6:>6.1f}M {r['tokens_per_step']:>8} "
-            f"{r['timed_steps']:>5} {r['step_s'] * 1e3:>8.1f} {r['tokens_per_s']:>9,.0f} "
-            f"{_fmt(r.get('achieved_flops_per_s') and r['achieved_flops_per_s'] / 1e9, '8.1f'):>8} "
-            f"{_fmt(r.get('ceiling_fraction') and 100 * r['ceiling_fraction'], '6.1f'):>6} "
-            f"{_fmt(r.get('executed_ceiling_fraction') and 100 * r['executed_ceiling_fraction'], '6.1f'):>6} "
-            f"{_fmt(r['peak_memory_bytes'] and r['peak_memory_bytes'] / 2**20, '8.0f'):>8} "
-            f"{100 * share['forward']:>5.0f} {100 * share['project']:>5.1f} {100 * share['optimiser']:>5.0f} "
-            f"{100 * share['constrain']:>5.1f}")
-    ratios = [r for r in result["step_time_ratios"] if r["method"].startswith("mxd")]
-    if ratios:
-        lines += ["", "step time over the TC's at the same shape and K (parameter-matched):"]
-        lines += [f"  {r['shape']:<10} K={r['k']:<4} {r['method']:<16} {r['step_time_over_tc']:.2f}x "
-                  f"(params {r['params_ratio']:.3f}x)" for r in ratios]
-    if result.get("optimiser"):
-        lines += ["", f"AdamW.step alone on the TC's parameters (ms): {' / '.join(OPTIMISER_VARIANTS)} "
-                      f"(bench.train uses {result['optimiser'][0]['bench.train uses']})"]
-        lines += [f"  {o['shape']:<10} {o['n_params'] / 1e6:.1f}M params: "
-                  + " / ".join(_fmt(o.get(n) and o[n] * 1e3, ".1f") for n in OPTIMISER_VARIANTS)
-                  for o in result["optimiser"]]
-    peers = result["peers"]
-    lines += ["", f"peer comparison: {peers['status']} ({peers['message']})"]
-    for p in peers["rows"]:
-        if p.get("status") != "ok":
-            lines.append(f"  {p['shape']:<10} K={p['k']:<4} {p['peer']}: failed ({p.get('error')})")
-            continue
-        lines.append(f"  {p['shape']:<10} K={p['k']:<4} {p['peer']}: {p['tokens_per_s']:,.0f} tokens/s; ours tc "
-                     f"{_fmt(p.get('tc_speedup'), '.2f')}x, sae {_fmt(p.get('sae_speedup'), '.2f')}x")
-    lm = result.get("lm")
-    if lm:
-        lines += ["", f"LM {lm['model']} ({lm['dtype']}), layer {lm['layer']}, {lm['contexts']} x {lm['context_length']} tokens:",
-                  f"  full forward {lm['full_forward_tokens_per_s']:,.0f} tokens/s; collect_mlp_io "
-                  f"{lm['collect_mlp_io_tokens_per_s']:,.0f} tokens/s ({lm['collect_speedup']:.2f}x)",
-                  f"  CE with prefix replay {lm['ce_with_replay_tokens_per_s']:,.0f} tokens/s, without "
-                  f"{lm['ce_without_replay_tokens_per_s']:,.0f} tokens/s ({lm['ce_replay_speedup']:.2f}x); "
-                  f"prefix capture {lm['ce_prefix_capture_s']:.2f} s"]
-    one_pass = result.get("one_pass")
-    if one_pass:
-        lines += ["", f"one pass: {len(one_pass['cells'])} cells ({', '.join(one_pass['cells'])}) x "
-                      f"{one_pass['tokens_per_cell']:,} tokens: together {one_pass['one_pass_s']:.1f} s, one stream per "
-                      f"cell {one_pass['one_stream_per_cell_s']:.1f} s -> {one_pass['speedup']:.2f}x"]
-    return "\n".join(lines)

