@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 from typing import Iterator, Sequence
 
+import torch
 from torch import nn
 
 TASK_DIR = Path(__file__).resolve().parent / "data" / "tasks"
@@ -91,7 +92,8 @@ def evaluate_tasks(model: nn.Module, tokenizer, tasks: Sequence[str], limit: int
     offline = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"} if local else {}
     # Bootstrapped stderrs (perplexity) in-process: no worker pool forked from a process holding an LM.
     with _scoped_env(DISABLE_MULTIPROC="1", **offline), _quiet_lm_eval():
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        # fp32 log-softmax: a bf16 LM's log-probs (on GPU) would be rounded in steps of ~0.06 per token.
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, softmax_dtype=torch.float32)
         output = lm_eval.simple_evaluate(
             model=lm, tasks=tasks, task_manager=task_manager(not local), limit=limit,
             bootstrap_iters=1000, log_samples=False, random_seed=SEED, numpy_random_seed=SEED,

@@ -119,6 +119,24 @@ def test_zero_ablation_is_live_and_the_clean_model_comes_back(llama):
     assert again == clean  # deterministic, and the splice left no trace
 
 
+def test_a_bf16_model_is_scored_with_fp32_log_probabilities(monkeypatch):
+    """On GPU the LM runs in bf16; its log-probs must not be rounded to bf16 (steps of ~0.06)."""
+    import torch
+
+    model, tokenizer = tiny_model("llama").to(torch.bfloat16), tiny_tokenizer()
+    seen, log_softmax = [], torch.nn.functional.log_softmax
+
+    def recording(input, *args, **kwargs):
+        out = log_softmax(input, *args, **kwargs)
+        seen.append((input.dtype, out.dtype))
+        return out
+
+    monkeypatch.setattr(torch.nn.functional, "log_softmax", recording)
+    scores = tasks.evaluate_tasks(model, tokenizer, ["mxbench_wiki_cloze"], limit=2, batch_size=2)
+    assert math.isfinite(scores["mxbench_wiki_cloze"]["perplexity"])
+    assert seen and (torch.bfloat16, torch.float32) in seen and all(out == torch.float32 for _, out in seen)
+
+
 def test_plain_metrics_drop_filters_and_non_numbers():
     values = {"alias": "t", "acc,none": 0.5, "acc_stderr,none": "N/A", "em,strict": 1, "em,flexible": 0}
     assert tasks.plain_metrics(values) == {"acc": 0.5, "em,strict": 1.0, "em,flexible": 0.0}
