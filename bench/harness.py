@@ -57,13 +57,25 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of the sparse layers' compute; None means plain fp32."""
+    """The autocast dtype of the sparse layers' compute; None means no autocast.
+
+    On CUDA, ``auto`` and ``bf16`` also let the matmuls left in fp32 use TF32 tensor cores; an
+    explicit ``fp32`` turns TF32 off, so it means IEEE fp32 (the paper's reference setup).
+    """
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls that remain use tensor cores
-        torch.backends.cudnn.allow_tf32 = True
+        tf32 = name != "fp32"
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
     if name == "bf16" or (name == "auto" and device.type == "cuda"):
         return torch.bfloat16
     return None
+
+
+def precision_label(autocast: torch.dtype | None, device: torch.device) -> str:
+    """What the sparse layers' matmuls really run in: bf16 (autocast), tf32 or fp32."""
+    if autocast is not None:
+        return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(autocast, str(autocast).replace("torch.", ""))
+    return "tf32" if device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32 else "fp32"
 
 
 def expand_methods(requested: list[str]) -> list[str]:
@@ -404,7 +416,7 @@ def settings_row(cfg: RunConfig, model_id: str, layer: int, device: torch.device
         "ce_tokens": -(-cfg.ce_tokens // cfg.context_length) * (cfg.context_length - 1),
         "context_length": cfg.context_length, "batch_size": cfg.batch_size, "lr": cfg.lr,
         "warmup_steps": cfg.warmup_steps, "seed": cfg.seed, "device": str(device), "lm_dtype": str(dtype),
-        "precision": str(resolve_precision(cfg.precision, device) or torch.float32), "compile": cfg.compile,
+        "precision": precision_label(resolve_precision(cfg.precision, device), device), "compile": cfg.compile,
         "activation_cache_dtype": cfg.activation_cache_dtype if cfg.activation_cache else None,
         "task_names": resolve_tasks(cfg.tasks) if cfg.tasks else None, "task_limit": cfg.task_limit,
         "hardware": hardware_description(device), "versions": package_versions(),

@@ -41,23 +41,25 @@ def _batches(loaded: LoadedModel, layer: int, tokens: int, device: torch.device)
 
 
 def _train_seconds(loaded: LoadedModel, layer: int, cells: list[tuple[str, int]], tokens: int,
-                   device: torch.device) -> float:
+                   device: torch.device, autocast_dtype: torch.dtype | None, compile: bool) -> float:
     spec = layer_spec(loaded.model, layer)
     settings = OptimiserSettings(lr=SMOKE.lr, warmup_steps=SMOKE.warmup_steps)
     start = time.perf_counter()
-    built = [build_cell(method, spec, k, SMOKE.expansion, settings, seed=SMOKE.seed, device=device)
-             for method, k in cells]
+    built = [build_cell(method, spec, k, SMOKE.expansion, settings, seed=SMOKE.seed, device=device,
+                        autocast_dtype=autocast_dtype, compile=compile) for method, k in cells]
     train_cells(built, _batches(loaded, layer, tokens, device))
     synchronize(device)
     return time.perf_counter() - start
 
 
-def measure_one_pass(loaded: LoadedModel, cells: list[tuple[str, int]], tokens: int,
-                     device: torch.device) -> dict[str, Any]:
-    """Seconds to train ``cells`` together from one stream, and one at a time, and their ratio."""
+def measure_one_pass(loaded: LoadedModel, cells: list[tuple[str, int]], tokens: int, device: torch.device,
+                     autocast_dtype: torch.dtype | None = None, compile: bool = False) -> dict[str, Any]:
+    """Seconds to train ``cells`` together from one stream, and one at a time, and their ratio;
+    the cells compute as `bench run`'s do on this device (``autocast_dtype``, ``compile``)."""
     layer = default_layer(loaded.model)
-    one_pass = _train_seconds(loaded, layer, cells, tokens, device)
-    one_by_one = sum(_train_seconds(loaded, layer, [cell], tokens, device) for cell in cells)
+    train = lambda group: _train_seconds(loaded, layer, group, tokens, device, autocast_dtype, compile)  # noqa: E731
+    one_pass = train(cells)
+    one_by_one = sum(train([cell]) for cell in cells)
     return {"model": loaded.model_id, "layer": layer, "cells": [f"{m}/k{k}" for m, k in cells],
             "tokens_per_cell": tokens, "context_length": SMOKE.context_length, "batch_size": SMOKE.batch_size,
             "expansion": SMOKE.expansion, "one_pass_s": one_pass, "one_stream_per_cell_s": one_by_one,

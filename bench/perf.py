@@ -31,6 +31,7 @@ import torch
 import methods
 from bench import results
 from bench.flops import executed_step_flops, forward_flops, step_flops
+from bench.harness import precision_label, resolve_precision
 from bench.peers import peer_comparison
 from bench.perf_table import format_report
 from bench.timing import PeakMemory, matmul_ceiling, say, synchronize, time_calls
@@ -85,7 +86,7 @@ def measure_training(method: str, shape: Shape, k: int, tokens: int, warmup: int
     y = torch.randn(tokens, shape.spec.d_model, generator=generator).to(device)
     row: dict[str, Any] = {"shape": shape.name, "method": method, "k": k, "tokens_per_step": tokens,
                            "warmup_steps": warmup, "timed_steps": steps,
-                           "precision": "bf16 autocast" if autocast is not None else "fp32"}
+                           "precision": precision_label(autocast, device)}
     with PeakMemory(device) as memory:
         cell = build_cell(method, shape.spec, k, shape.expansion, OptimiserSettings(warmup_steps=1), seed=0,
                           device=device, autocast_dtype=autocast, compile=compile)
@@ -111,7 +112,7 @@ def measure_training(method: str, shape: Shape, k: int, tokens: int, warmup: int
     phases["backward_and_rest"] = max(0.0, instrumented_s - sum(phases.values()))
     row.update(phase_s=phases, phase_steps=phase_steps, instrumented_step_s=instrumented_s)
     row["phase_share"] = {name: s / instrumented_s for name, s in phases.items()}
-    ceiling = ceilings.get("bf16" if autocast is not None else "fp32", ceilings["fp32"])["flops_per_s"]
+    ceiling = ceilings[precision_label(autocast, device)]["flops_per_s"]
     fwd, conventional, executed = forward_flops(layer, tokens), step_flops(layer, tokens), executed_step_flops(layer, tokens)
     row["forward_flops_per_token"] = None if fwd is None else fwd // tokens
     row["step_flops"], row["executed_step_flops"] = conventional, executed
@@ -300,14 +301,14 @@ def run_perf(args: argparse.Namespace) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True  # as `bench run`: fp32 matmuls that remain use tensor cores
-    autocast = torch.bfloat16 if args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda") else None
+    autocast = resolve_precision(args.precision, device)  # as `bench run`, TF32 included
     settings = resolve_settings(args, device)
     result: dict[str, Any] = {"schema": "mxbench-perf/1", "timestamp": results.timestamp(),
                               "machine": machine_description(device), "versions": package_versions(), "settings": settings}
 
-    ceilings = {"fp32": matmul_ceiling(device, torch.float32, settings["ceiling_n"], settings["ceiling_repeats"])}
+    # The float32 ceiling is TF32's where `bench run` lets float32 matmuls use it, and is named so.
+    ceilings = {precision_label(None, device): matmul_ceiling(device, torch.float32, settings["ceiling_n"],
+                                                               settings["ceiling_repeats"])}
     if device.type == "cuda":
         ceilings["bf16"] = matmul_ceiling(device, torch.bfloat16, settings["ceiling_n"], settings["ceiling_repeats"])
     result["ceiling"] = ceilings
@@ -343,7 +344,7 @@ def run_perf(args: argparse.Namespace) -> dict[str, Any]:
         if settings["one_pass_tokens"]:
             say(f"one pass vs one stream per cell: {settings['one_pass_tokens']:,} tokens per cell")
             result["one_pass"] = measure_one_pass(loaded, settings["one_pass_cells"], settings["one_pass_tokens"],
-                                                  device)
+                                                  device, autocast, args.compile)
     result["machine"]["load_average_1m_at_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     out = Path(args.out or f"results/perf/perf-{device.type}.json")
     results.atomic_write_text(out, json.dumps(result, indent=1, default=str) + "\n")

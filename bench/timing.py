@@ -31,6 +31,20 @@ def time_calls(fn: Callable[[], Any], warmup: int, repeats: int, device: torch.d
     return times
 
 
+def warm_up(fn: Callable[[], Any], device: torch.device, seconds: float) -> int:
+    """Call ``fn`` until ``seconds`` of it have run (at least once); returns the number of calls.
+
+    An idle GPU clocks down (an H200 idles at 345 MHz): a few milliseconds of work measure the
+    clock ramp, not the chip.
+    """
+    start, calls = time.perf_counter(), 0
+    while calls == 0 or time.perf_counter() - start < seconds:
+        fn()
+        synchronize(device)
+        calls += 1
+    return calls
+
+
 def _proc_status_kib(field: str) -> int | None:
     try:
         match = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
@@ -86,6 +100,7 @@ def matmul_ceiling(device: torch.device, dtype: torch.dtype, n: int, repeats: in
     """FLOP/s of an n x n x n ``torch.mm`` (2 n^3 FLOPs), median over ``repeats``."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
+    warm_up(lambda: torch.mm(a, b), device, 0.5 if device.type == "cuda" else 0.0)
     times = time_calls(lambda: torch.mm(a, b), 1, repeats, device)
     flops = 2 * n ** 3
     return {"dtype": str(dtype).replace("torch.", ""), "n": n, "repeats": repeats,
