@@ -31,7 +31,9 @@ def memory_budget(device: torch.device) -> int:
     """Bytes the cells may use: free GPU memory, or available host memory, times HEADROOM."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return int(free * HEADROOM)
+        # Memory torch holds in its cache (the lm-eval baselines' logits, say) is free to our tensors.
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int((free + cached) * HEADROOM)
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):

@@ -17,3 +17,15 @@ def test_cell_bytes_counts_optimiser_state_from_the_closed_form():
         n_params = create(method, spec, k=4, expansion=8).n_params()
         assert cell_bytes(method, spec, 4, 8, batch_size=0) == n_params * BYTES_PER_PARAM
         assert cell_bytes(method, spec, 4, 8, batch_size=64) > n_params * BYTES_PER_PARAM
+
+
+def test_gpu_budget_counts_what_torch_has_cached_as_free(monkeypatch):
+    import torch
+
+    from bench import grouping
+
+    gib = 2**30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (10 * gib, 80 * gib))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 30 * gib)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 12 * gib)
+    assert grouping.memory_budget(torch.device("cuda")) == int((10 + 30 - 12) * gib * grouping.HEADROOM)
