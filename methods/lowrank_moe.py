@@ -97,6 +97,11 @@ def gather_dot_reference(x: torch.Tensor, rows: torch.Tensor, table: torch.Tenso
     return torch.einsum("tjd,td->tj", table[rows].to(x.dtype), x)
 
 
+# Gathered factor rows (tokens x K x R) per call of the embedding-bag kernels: CUDA's index their
+# samples with 32-bit ints, so a larger batch (16,384 tokens at K = 256, R = 16) runs in token blocks.
+MAX_GATHERED_ROWS = 2**24
+
+
 @dataclass
 class LowRankMoEConfig(MethodConfig):
     """``rank`` R of each expert; ``n_experts`` defaults to the parameter-matched N."""
@@ -145,16 +150,27 @@ class LowRankMoE(SparseLayer):
         return n
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, SparseCodes]:
-        lead, d, rank, k = x.shape[:-1], x.shape[-1], self.config.rank, self.config.k
+        lead, d, k = x.shape[:-1], x.shape[-1], self.config.k
         flat = x.reshape(-1, d)
         codes = topk_relu(self.gate(flat), k)
+        per_call = max(1, MAX_GATHERED_ROWS // (k * self.config.rank))  # tokens per call of the gather kernels
+        if len(flat) <= per_call:
+            y_hat = self.expert_sum(flat, codes)
+        else:
+            y_hat = torch.cat([self.expert_sum(flat[i:i + per_call], SparseCodes(codes.values[i:i + per_call],
+                                                                                codes.indices[i:i + per_call]))
+                               for i in range(0, len(flat), per_call)])
+        codes = SparseCodes(codes.values.reshape(*lead, k), codes.indices.reshape(*lead, k))
+        return (y_hat + self.b_out).reshape(*lead, d), codes
+
+    def expert_sum(self, x: torch.Tensor, codes: SparseCodes) -> torch.Tensor:
+        """sum_{n in TopK} a_n U_n V_n^T x for a [T, d] block, reading only the K R factor rows each token uses."""
+        d, rank, k = x.shape[-1], self.config.rank, self.config.k
         # Expert n's r-th factor is row n*R + r of the [N*R, d] tables.
         rows = (codes.indices[..., None] * rank + torch.arange(rank, device=x.device)).reshape(-1, k * rank)
-        projections = gather_dot(flat, rows, self.in_factors.reshape(-1, d))  # v_{n,r} . x
+        projections = gather_dot(x, rows, self.in_factors.reshape(-1, d))  # v_{n,r} . x
         weights = (codes.values[..., None] * projections.reshape(-1, k, rank)).reshape(-1, k * rank)
-        y_hat = sparse_decode(SparseCodes(weights, rows), self.out_factors.reshape(-1, d)) + self.b_out
-        codes = SparseCodes(codes.values.reshape(*lead, k), codes.indices.reshape(*lead, k))
-        return y_hat.reshape(*lead, d), codes
+        return sparse_decode(SparseCodes(weights, rows), self.out_factors.reshape(-1, d))
 
     def project_gradients(self) -> None:
         remove_parallel_gradient_(self.out_factors)

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from methods import LayerSpec, create
+from methods import lowrank_moe
 from methods.base import transcoder_budget
 from methods.lowrank_moe import LowRankMoE, LowRankMoEConfig, gather_dot, gather_dot_reference
 
@@ -47,6 +48,28 @@ def test_fast_path_equals_loop_over_materialised_experts() -> None:
     for g_fast, g_slow in zip(torch.autograd.grad((fast * upstream).sum(), inputs),
                               torch.autograd.grad((slow * upstream).sum(), inputs)):
         torch.testing.assert_close(g_fast, g_slow)
+
+
+def test_token_blocks_give_the_same_output_and_gradients(monkeypatch) -> None:
+    layer = create("lowrank-moe", SPEC, rank=3, n_experts=6, k=2)
+    randomise_(layer)
+    x = torch.randn(11, 8)
+
+    def run() -> list[torch.Tensor]:
+        layer.zero_grad()
+        source = x.clone().requires_grad_()
+        y, codes = layer(source)
+        (y * torch.arange(8.0)).sum().backward()
+        return [y, codes.indices, source.grad] + [p.grad.clone() for p in layer.parameters()]
+
+    whole = run()
+    monkeypatch.setattr(lowrank_moe, "MAX_GATHERED_ROWS", 4 * 2 * 3)  # 4 tokens per call: blocks of 4, 4, 3
+    block_sizes, expert_sum = [], layer.expert_sum
+    monkeypatch.setattr(layer, "expert_sum", lambda x, codes: block_sizes.append(len(x)) or expert_sum(x, codes))
+    blocked = run()
+    assert block_sizes == [4, 4, 3]
+    for a, b in zip(whole, blocked):
+        torch.testing.assert_close(a, b)
 
 
 def test_rank_one_is_a_neuron_level_sparse_glu() -> None:
