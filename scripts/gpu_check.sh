@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU figures docs/PERFORMANCE.md is waiting for, in one call on a lent GPU (H100/H200).
 #
-#   bash scripts/gpu_check.sh                  # everything, about 6 minutes
+#   bash scripts/gpu_check.sh                  # everything; sized for one 10-minute call (estimated)
 #   MXBENCH_GPU_STAGES="tests perf" bash ...   # a subset: tests perf lm-gpt2 compile
 #
 # Runs on a bare CUDA image that has torch, transformers, pandas, matplotlib, seaborn, tqdm and
