@@ -309,8 +309,10 @@ def run_perf(args: argparse.Namespace) -> dict[str, Any]:
     # The float32 ceiling is TF32's where `bench run` lets float32 matmuls use it, and is named so.
     ceilings = {precision_label(None, device): matmul_ceiling(device, torch.float32, settings["ceiling_n"],
                                                                settings["ceiling_repeats"])}
-    if device.type == "cuda":
-        ceilings["bf16"] = matmul_ceiling(device, torch.bfloat16, settings["ceiling_n"], settings["ceiling_repeats"])
+    if autocast is not None or device.type == "cuda":  # the low-precision rate the cells are compared with
+        low = autocast or torch.bfloat16
+        ceilings[precision_label(low, device)] = matmul_ceiling(device, low, settings["ceiling_n"],
+                                                                settings["ceiling_repeats"])
     result["ceiling"] = ceilings
     say("matmul ceiling: " + ", ".join(f"{k} {v['flops_per_s'] / 1e9:,.1f} GFLOP/s" for k, v in ceilings.items()))
 

@@ -87,6 +87,17 @@ def test_random_lm_runs_without_download_tokenizer_or_eval_packages(tmp_path, mo
     assert result["peers"]["status"] == "skipped" and "sae-lens" in result["peers"]["message"]
 
 
+def test_bf16_cells_are_compared_with_a_bf16_ceiling_measured_in_the_same_run(tmp_path) -> None:
+    result = perf.run_perf(perf_args("--quick", "--shapes", "tiny", "--k", "4", "--methods", "tc,mxd", "--device",
+                                     "cpu", "--precision", "bf16", "--no-lm", "--no-peers",
+                                     "--out", str(tmp_path / "p.json")))
+    assert set(result["ceiling"]) == {"fp32", "bf16"}
+    for row in result["train"]:
+        assert row["status"] == "ok" and row["precision"] == "bf16"
+        bf16 = result["ceiling"]["bf16"]["flops_per_s"]
+        assert row["ceiling_fraction"] == pytest.approx(row["achieved_flops_per_s"] / bf16)
+
+
 def test_random_lm_refuses_an_unknown_model_before_measuring() -> None:
     with pytest.raises(ValueError, match="--random-lm has no stored architecture for --model 'gpt3'"):
         perf.resolve_settings(perf_args("--random-lm", "--model", "gpt3"), perf.torch.device("cpu"))
