@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Sequence
 
 import methods
-from bench.config import PRESETS, load_config_file, preset_config
+from bench.config import PRESETS, load_config_file, sweep_configs
+from bench.cost import add_cost_arguments
 from bench.executors import EXECUTORS, SweepError
 from bench.perf import add_perf_arguments
 
@@ -133,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     perf = sub.add_parser("perf", help="measure training speed, memory and FLOP/s of every method on this machine")
     add_perf_arguments(perf)
+
+    cost = sub.add_parser("cost", help="estimate a sweep's hours on this machine from rates measured at its shapes")
+    add_cost_arguments(cost)
     return parser
 
 
@@ -159,6 +163,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from bench.perf import run_perf
 
             run_perf(args)
+            return EXIT_OK
+        if args.command == "cost":
+            from bench.cost import run_cost
+
+            run_cost(args)
             return EXIT_OK
         if args.command in ("plot", "report"):
             return plot_and_report(_run_dirs(args.runs), args.out if args.command == "plot" else args.figures,
@@ -199,12 +208,7 @@ def run(args: argparse.Namespace) -> int:
     if args.executor == "ray" and importlib.util.find_spec("ray") is None:
         raise UsageError("--executor ray needs Ray: pip install 'mxbench[ray]'")
     flags = {k: v for k, v in vars(args).items() if k not in RUN_ONLY_FLAGS}
-    runs = load_config_file(args.config) if args.config else [{}]
-    configs = []
-    for settings in runs:
-        preset = args.preset if args.preset is not None else settings.pop("preset", "smoke")
-        settings.pop("preset", None)
-        configs.append(preset_config(preset, **{**settings, **{k: v for k, v in flags.items() if v is not None}}))
+    configs = sweep_configs(load_config_file(args.config) if args.config else [{}], args.preset, flags)
     for cfg in configs:  # every run is checked before the first one starts
         validate(cfg)
     rows = run_sweep(configs, args.executor, args.address, args.gpus_per_task, args.plugin)

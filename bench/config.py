@@ -112,3 +112,17 @@ def preset_config(name: str, **overrides) -> RunConfig:
         raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
     values = {**PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}}
     return RunConfig(preset=name, **values)
+
+
+def sweep_configs(runs: list[dict[str, Any]], preset: str | None = None,
+                  overrides: dict[str, Any] | None = None) -> list[RunConfig]:
+    """One RunConfig per run of ``load_config_file``'s output: the run's preset (or ``preset``), its
+    settings, then every override that is not None (command-line flags)."""
+    configs = []
+    for settings in runs:
+        settings = dict(settings)
+        chosen = preset if preset is not None else settings.get("preset", "smoke")
+        settings.pop("preset", None)
+        configs.append(preset_config(chosen, **{**settings, **{k: v for k, v in (overrides or {}).items()
+                                                               if v is not None}}))
+    return configs

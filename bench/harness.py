@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -44,9 +45,17 @@ class Baselines:
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto`` is CUDA when torch sees a GPU, else the CPU; a GPU asked for must exist."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    if name != "cpu" and not re.fullmatch(r"cuda(:\d+)?", name):
+        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: torch {torch.__version__} sees no CUDA GPU here; use --device cpu or auto")
+    device = torch.device(name)
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA GPU(s) visible")
+    return device
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:

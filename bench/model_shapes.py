@@ -5,13 +5,14 @@ activation collection and CE evaluation on a model of the real shape built here 
 no hub download, no tokenizer, no embedded package. That is what a lent GPU box without network
 access can run, and what a cost estimate for a model not yet downloaded needs. The fields are
 the public ``config.json`` values that set the compute (widths, depths, heads, vocabulary);
-anything else is left at transformers' defaults.
+anything else is left at transformers' defaults. Any other model is built from its own
+config.json (a local directory, or the hub's file alone).
 """
 from __future__ import annotations
 
 import torch
 
-from bench.models import EMBEDDED_MODEL, LoadedModel, resolve_model_name
+from bench.models import EMBEDDED_MODEL, LoadedModel, model_source, resolve_model_name
 
 _GEMMA3_270M_LAYER_TYPES = (["sliding_attention"] * 5 + ["full_attention"]) * 3
 
@@ -38,28 +39,36 @@ ARCHITECTURES: dict[str, dict] = {
 }
 
 
-def architecture_alias(name: str) -> str:
-    """The key of ``ARCHITECTURES`` for an alias or hub id; a one-line error for anything else."""
-    alias = next((a for a in ARCHITECTURES if name in (a, resolve_model_name(a))), None)
-    if alias is None:
-        raise ValueError(f"--random-lm has no stored architecture for --model {name!r}; "
-                         f"choose from {', '.join(ARCHITECTURES)}")
-    return alias
+def architecture_alias(name: str) -> str | None:
+    """The key of ``ARCHITECTURES`` for an alias or its hub id, else None."""
+    return next((a for a in ARCHITECTURES if name in (a, resolve_model_name(a))), None)
+
+
+def model_config(name: str):
+    """The transformers config of ``name``: stored here for the named models, else read from a local
+    directory or the hub (config.json only, no weights). A one-line error when there is none."""
+    from transformers import AutoConfig
+
+    alias = architecture_alias(name)
+    if alias is not None:
+        fields = dict(ARCHITECTURES[alias])
+        return AutoConfig.for_model(fields.pop("model_type"), **fields)
+    try:
+        return AutoConfig.from_pretrained(model_source(name))
+    except (OSError, ValueError):
+        raise ValueError(f"no architecture for --model {name!r}: not one of {', '.join(ARCHITECTURES)}, "
+                         f"and no config.json could be read for it") from None
 
 
 def random_model(name: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                  seed: int = 0) -> LoadedModel:
-    """``name``'s architecture (an alias or its hub id) with seeded random weights, built on ``device``.
+    """``name``'s architecture with seeded random weights, built on ``device``. The tokenizer is None:
+    callers feed random token ids."""
+    from transformers import AutoModelForCausalLM
 
-    The tokenizer is None: callers feed random token ids.
-    """
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    alias = architecture_alias(name)
-    fields = dict(ARCHITECTURES[alias])
-    config = AutoConfig.for_model(fields.pop("model_type"), **fields)
+    config = model_config(name)
     torch.manual_seed(seed)
     with torch.device(device):  # initialise in place: a 3B model is built on the GPU, not copied there
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     model.eval().requires_grad_(False)
-    return LoadedModel(model, None, f"{alias} (random weights)")
+    return LoadedModel(model, None, f"{architecture_alias(name) or name} (random weights)")

@@ -31,7 +31,7 @@ import torch
 import methods
 from bench import results
 from bench.flops import executed_step_flops, forward_flops, step_flops
-from bench.harness import precision_label, resolve_precision
+from bench.harness import precision_label, resolve_device, resolve_precision
 from bench.peers import peer_comparison
 from bench.perf_table import format_report
 from bench.timing import PeakMemory, matmul_ceiling, say, synchronize, time_calls
@@ -165,16 +165,16 @@ def load_lm(name: str, random_weights: bool, device: torch.device):
 
 
 def measure_lm(loaded, device: torch.device, contexts: int, context_length: int, ce_batch: int,
-               repeats: int) -> dict[str, Any]:
-    """Full forward vs activation collection (stops after layer L's MLP), and CE evaluation
-    with and without prefix replay, in tokens/s on random token ids."""
+               repeats: int, layer: int | None = None) -> dict[str, Any]:
+    """Full forward vs activation collection (stops after layer L's MLP, default the middle one),
+    and CE evaluation with and without prefix replay, in tokens/s on random token ids."""
     from bench.activations import collect_mlp_io
     from bench.evaluate import CrossEntropyEvaluator
     from bench.models import decoder_layers, default_layer
 
     model = loaded.model
     dtype = next(model.parameters()).dtype
-    layer = default_layer(model)
+    layer = default_layer(model) if layer is None else layer
     vocab = model.get_input_embeddings().num_embeddings
     ids = torch.randint(0, vocab, (contexts, context_length), generator=torch.Generator().manual_seed(0)).to(device)
     n_tokens = ids.numel()
@@ -246,7 +246,16 @@ def resolve_settings(args: argparse.Namespace, device: torch.device) -> dict[str
     unknown = [s for s in shape_names if s not in SHAPES]
     if unknown:
         raise ValueError(f"unknown shape {unknown[0]!r}; choose from {', '.join(SHAPES)}")
-    ks = [int(k) for k in _names(args.ks)] if args.ks else ([32] if args.quick else [32, 128])
+    for flag, value, least in (("--steps", args.steps, 1), ("--tokens-per-step", args.tokens_per_step, 1),
+                               ("--warmup", args.warmup, 0)):
+        if value is not None and value < least:
+            raise ValueError(f"{flag} must be >= {least}, got {value}")
+    try:
+        ks = [int(k) for k in _names(args.ks)] if args.ks else ([32] if args.quick else [32, 128])
+    except ValueError:
+        raise ValueError(f"--k must be comma-separated integers, got {args.ks!r}") from None
+    if any(k < 1 for k in ks):
+        raise ValueError(f"--k values must be >= 1, got {args.ks!r}")
     tokens = {s: args.tokens_per_step or (SHAPES[s].tokens_per_step if gpu else SHAPES[s].cpu_tokens_per_step)
               for s in shape_names}
     if args.quick and not args.tokens_per_step:
@@ -257,9 +266,9 @@ def resolve_settings(args: argparse.Namespace, device: torch.device) -> dict[str
     if one_pass_tokens < 0:
         raise ValueError(f"--one-pass-tokens must be >= 0, got {one_pass_tokens}")
     if args.lm and args.random_lm:
-        from bench.model_shapes import architecture_alias
+        from bench.model_shapes import model_config
 
-        architecture_alias(args.model)  # refuse an unknown name now, not after the training measurements
+        model_config(args.model)  # refuse an unknown name now, not after the training measurements
     from bench.harness import expand_methods
 
     return {"shapes": shape_names, "ks": ks, "methods": expand_methods(_names(args.methods)), "tokens": tokens,
@@ -300,19 +309,13 @@ def run_perf(args: argparse.Namespace) -> dict[str, Any]:
     """Measure everything on one device, print the table, write the JSON; returns the JSON's content."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device)
     autocast = resolve_precision(args.precision, device)  # as `bench run`, TF32 included
     settings = resolve_settings(args, device)
     result: dict[str, Any] = {"schema": "mxbench-perf/1", "timestamp": results.timestamp(),
                               "machine": machine_description(device), "versions": package_versions(), "settings": settings}
 
-    # The float32 ceiling is TF32's where `bench run` lets float32 matmuls use it, and is named so.
-    ceilings = {precision_label(None, device): matmul_ceiling(device, torch.float32, settings["ceiling_n"],
-                                                               settings["ceiling_repeats"])}
-    if autocast is not None or device.type == "cuda":  # the low-precision rate the cells are compared with
-        low = autocast or torch.bfloat16
-        ceilings[precision_label(low, device)] = matmul_ceiling(device, low, settings["ceiling_n"],
-                                                                settings["ceiling_repeats"])
+    ceilings = measure_ceilings(device, autocast, settings["ceiling_n"], settings["ceiling_repeats"])
     result["ceiling"] = ceilings
     say("matmul ceiling: " + ", ".join(f"{k} {v['flops_per_s'] / 1e9:,.1f} GFLOP/s" for k, v in ceilings.items()))
 
@@ -353,6 +356,17 @@ def run_perf(args: argparse.Namespace) -> dict[str, Any]:
     print(format_report(result))
     say(f"wrote {out}")
     return result
+
+
+def measure_ceilings(device: torch.device, autocast: torch.dtype | None, n: int, repeats: int) -> dict[str, dict]:
+    """The matmul rates cells are compared with, keyed by ``precision_label``: the float32 product
+    as configured (TF32's where `bench run` lets float32 matmuls use it) and, on a GPU or under
+    autocast, the low-precision one."""
+    ceilings = {precision_label(None, device): matmul_ceiling(device, torch.float32, n, repeats)}
+    if autocast is not None or device.type == "cuda":
+        low = autocast or torch.bfloat16
+        ceilings[precision_label(low, device)] = matmul_ceiling(device, low, n, repeats)
+    return ceilings
 
 
 def step_time_ratios(rows: list[dict]) -> list[dict]:

@@ -107,6 +107,6 @@ def matmul_ceiling(device: torch.device, dtype: torch.dtype, n: int, repeats: in
             "flops_per_s": flops / statistics.median(times), "best_flops_per_s": flops / min(times)}
 
 
-def say(message: str) -> None:
-    """A progress line of ``bench perf`` on stderr (the table goes to stdout)."""
-    print(f"[perf] {message}", file=sys.stderr, flush=True)
+def say(message: str, command: str = "perf") -> None:
+    """A progress line of ``bench perf`` (or ``bench cost``) on stderr; the table goes to stdout."""
+    print(f"[{command}] {message}", file=sys.stderr, flush=True)

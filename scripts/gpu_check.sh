@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU figures docs/PERFORMANCE.md is waiting for, in one call on a lent GPU (H100/H200).
 #
-#   bash scripts/gpu_check.sh                  # everything; sized for one 10-minute call (estimated)
-#   MXBENCH_GPU_STAGES="tests perf" bash ...   # a subset: tests perf lm-gpt2 compile
+#   bash scripts/gpu_check.sh                  # tests, perf, cost: sized for one 10-minute call (estimated)
+#   MXBENCH_GPU_STAGES="cost compile" bash ... # any of: tests perf cost compile (compile is not in the default)
 #
 # Runs on a bare CUDA image that has torch, transformers, pandas, matplotlib, seaborn, tqdm and
 # safetensors but no network: nothing is installed, the package runs from this checkout
@@ -12,7 +12,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-results/perf}
-stages=${MXBENCH_GPU_STAGES:-tests perf lm-gpt2 compile}
+stages=${MXBENCH_GPU_STAGES:-tests perf cost}
 mkdir -p "$out"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 python=${PYTHON:-python3}
@@ -41,13 +41,13 @@ for stage in $stages; do
     perf)  # every method at the smoke, gemma-e32 and gpt2-e32 shapes; LM side on Gemma 3 270M's shape
         run_stage perf "$python" -m bench perf --device cuda --random-lm --no-peers \
             --out "$out/perf-cuda.json" ;;
-    lm-gpt2)  # the sweep-cost rates for GPT-2 small: activation collection and the paper methods' steps
-        run_stage lm-gpt2 "$python" -m bench perf --device cuda --random-lm --model gpt2 --no-peers \
-            --shapes gpt2-e32 --methods tc,stc,mxd --one-pass-tokens 0 --out "$out/perf-cuda-gpt2.json" ;;
+    cost)  # PAPER.md's four-model sweep in GPU-hours, from rates measured at each run's own shapes
+        run_stage cost "$python" -m bench cost sweeps/paper-all.toml --device cuda \
+            --out "$out/cost-paper-all-cuda.json" ;;
     compile)  # what --compile buys, on two cells (each compiles once, so this stage is the slowest)
         run_stage compile timeout 240 "$python" -m bench perf --device cuda --compile --no-lm --no-peers \
             --shapes gpt2-e32 --methods tc,mxd --k 32 --out "$out/perf-cuda-compile.json" ;;
-    *) echo "unknown stage $stage (choose from: tests perf lm-gpt2 compile)"; exit 2 ;;
+    *) echo "unknown stage $stage (choose from: tests perf cost compile)"; exit 2 ;;
     esac
 done
 note "done, exit $status; files in $out"

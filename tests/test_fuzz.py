@@ -15,7 +15,7 @@ BAD_VALUES = {
     "--layer": ["-2", "one", "99"],
     "--methods": ["nope", "tc,nope", "TC", ",", "mxd;tc"],
     "--preset": ["huge", "", "SMOKE"],
-    "--device": ["tpu", "gpu0", ""],
+    "--device": ["tpu", "gpu0", "", "cuda:99"],
     "--dtype": ["int8", "half"],
     "--precision": ["fp8"],
     "--expansion": ["0", "-8", "eight"],

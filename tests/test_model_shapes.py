@@ -55,6 +55,11 @@ def test_random_model_is_seeded_and_answers_to_its_hub_id() -> None:
     assert first.model(input_ids=ids).logits.shape == (1, 8, 50257)
 
 
-def test_unknown_name_is_refused_with_the_choices() -> None:
-    with pytest.raises(ValueError, match=r"--model 'gpt3'.*choose from gpt2, pythia-410m"):
-        model_shapes.random_model("gpt3")
+def test_a_local_model_directory_is_built_from_its_config(tiny_model_dir) -> None:
+    loaded = model_shapes.random_model(str(tiny_model_dir))
+    assert loaded.model.config.hidden_size == 32 and loaded.model_id == f"{tiny_model_dir} (random weights)"
+
+
+def test_unknown_name_is_refused_with_the_choices(tmp_path) -> None:
+    with pytest.raises(ValueError, match=r"--model '.*nowhere'.*not one of gpt2, pythia-410m"):
+        model_shapes.random_model(str(tmp_path / "nowhere"))

@@ -99,8 +99,8 @@ def test_bf16_cells_are_compared_with_a_bf16_ceiling_measured_in_the_same_run(tm
 
 
 def test_random_lm_refuses_an_unknown_model_before_measuring() -> None:
-    with pytest.raises(ValueError, match="--random-lm has no stored architecture for --model 'gpt3'"):
-        perf.resolve_settings(perf_args("--random-lm", "--model", "gpt3"), perf.torch.device("cpu"))
+    with pytest.raises(ValueError, match="no architecture for --model '/nowhere/model'"):
+        perf.resolve_settings(perf_args("--random-lm", "--model", "/nowhere/model"), perf.torch.device("cpu"))
 
 
 def test_missing_peer_is_skipped_with_a_clear_message(monkeypatch) -> None:

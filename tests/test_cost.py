@@ -1,0 +1,114 @@
+"""bench cost: a sweep's hours from rates measured at its own shapes; bad input to cost and perf."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from bench import cost, model_shapes
+from bench.cli import main
+
+TINY = dict(model_type="llama", num_hidden_layers=4, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
+            intermediate_size=96, vocab_size=96, max_position_embeddings=256)
+SWEEP = """
+train_tokens = 100000
+eval_tokens = 2048
+ce_tokens = 512
+context_length = 64
+batch_size = 128
+lm_batch_size = 4
+ce_batch_size = 2
+ks = [4, 8]
+expansion = 4
+
+[[runs]]
+model = "tiny-llama"
+layer = 1
+methods = ["tc", "mxd"]
+run_name = "tiny-L1"
+
+[[runs]]
+model = "tiny-llama"
+layer = 2
+methods = ["stc"]
+train_tokens = 50000
+"""
+
+
+@pytest.fixture
+def tiny_architecture(monkeypatch):
+    monkeypatch.setitem(model_shapes.ARCHITECTURES, "tiny-llama", TINY)
+
+
+def test_estimate_adds_up_the_measured_rates(tiny_architecture, tmp_path, capsys) -> None:
+    sweep = tmp_path / "tiny.toml"
+    sweep.write_text(SWEEP)
+    out = tmp_path / "cost.json"
+    assert main(["cost", str(sweep), "--device", "cpu", "--steps", "1", "--warmup", "0", "--lm-contexts", "4",
+                 "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    first, second = result["runs"]
+    assert (first["run"], first["layer"], second["layer"]) == ("tiny-L1", 1, 2)
+    assert [(c["method"], c["k"]) for c in first["cells"]] == [("tc", 4), ("tc", 8), ("mxd", 4), ("mxd", 8)]
+    assert [(c["method"], c["k"]) for c in second["cells"]] == [("stc", 4), ("stc", 8)]
+    for run, train_tokens in ((first, 100_000), (second, 50_000)):
+        lm = run["lm"]
+        assert lm["model"] == "tiny-llama (random weights)" and lm["layer"] == run["layer"]
+        assert lm["context_length"] == 64 and lm["contexts"] == 4
+        collect = (train_tokens + 2048) / lm["collect_mlp_io_tokens_per_s"]
+        train = sum(train_tokens / c["tokens_per_s"] for c in run["cells"])
+        ce = (len(run["cells"]) + 2) * 512 / lm["ce_with_replay_tokens_per_s"] + lm["ce_prefix_capture_s"] * 512 / 256
+        assert run["collect_s"] == pytest.approx(collect) and run["train_s"] == pytest.approx(train)
+        assert run["ce_s"] == pytest.approx(ce) and run["total_s"] == pytest.approx(collect + train + ce)
+        assert run["complete"] and run["precision"] == "fp32"
+    assert result["total_hours"] == pytest.approx((first["total_s"] + second["total_s"]) / 3600)
+    assert result["complete"] and result["machine"]["device"] == "cpu" and result["versions"]["torch"]
+    assert "lm-eval tasks" in result["left_out"]
+    table = capsys.readouterr().out
+    assert "tiny-L1" in table and "total:" in table and "not included: lm-eval tasks" in table
+
+
+def test_more_train_tokens_cost_proportionally_more_training() -> None:
+    cfg_small = cost.RunConfig(train_tokens=1000, eval_tokens=0, ce_tokens=0)
+    cfg_large = cost.RunConfig(train_tokens=3000, eval_tokens=0, ce_tokens=0)
+    lm = {"contexts": 1, "context_length": 10, "collect_mlp_io_tokens_per_s": 100.0,
+          "ce_with_replay_tokens_per_s": 50.0, "ce_prefix_capture_s": 0.0}
+    small, large = (cost.run_seconds(c, 2, lm, [10.0, 20.0]) for c in (cfg_small, cfg_large))
+    assert small["train_s"] == pytest.approx(1000 / 10 + 1000 / 20) and large["train_s"] == pytest.approx(3 * small["train_s"])
+    assert small["collect_s"] == pytest.approx(10.0) and small["ce_s"] == 0 and math.isclose(small["total_s"], 160.0)
+
+
+@pytest.mark.parametrize("argv, text", [
+    (["cost", "{dir}/missing.toml"], None),
+    (["cost", "{sweep}"], "model = [1, 2"),
+    (["cost", "{sweep}"], 'model = "tiny-llama"\nmethods = ["nope"]'),
+    (["cost", "{sweep}"], 'model = "tiny-llama"\nunknown_key = 3'),
+    (["cost", "{sweep}", "--preset", "huge"], 'model = "tiny-llama"'),
+    (["cost", "{sweep}", "--steps", "0"], 'model = "tiny-llama"'),
+    (["cost", "{sweep}", "--device", "tpu"], 'model = "tiny-llama"'),
+    (["cost", "{sweep}", "--device", "cuda:99"], 'model = "tiny-llama"'),
+    (["cost", "{sweep}"], 'model = "{dir}/no-such-model"'),
+    (["perf", "--device", "tpu"], None),
+    (["perf", "--device", "cuda:99"], None),
+    (["perf", "--quick", "--random-lm", "--model", "{dir}/no-such-model"], None),
+    (["perf", "--quick", "--steps", "0"], None),
+    (["perf", "--quick", "--warmup", "-1"], None),
+    (["perf", "--quick", "--tokens-per-step", "0"], None),
+    (["perf", "--quick", "--k", "0"], None),
+    (["perf", "--quick", "--k", "x"], None),
+])
+def test_bad_input_fails_in_one_line_and_writes_nothing(argv, text, tiny_architecture, tmp_path, capsys) -> None:
+    sweep = tmp_path / "sweep.toml"
+    if text is not None:
+        sweep.write_text(text.replace("{dir}", str(tmp_path)))
+    out = tmp_path / "out.json"
+    argv = [a.replace("{dir}", str(tmp_path)).replace("{sweep}", str(sweep)) for a in argv] + ["--out", str(out)]
+    try:
+        code = main(argv)
+    except SystemExit as exit_info:
+        code = exit_info.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2, err
+    assert len(err) == 1 and err[0].startswith("bench") and "Traceback" not in err[0]
+    assert not out.exists()
