@@ -7,11 +7,12 @@ clean and zero-ablated baselines:
     seconds = (train + eval tokens) / collection rate + sum over cells (train tokens / step rate)
               + (cells + 2) x CE tokens / CE rate + the CE prefix capture
 
-``bench cost SWEEP.toml`` measures each rate on this device for each run: its model's architecture
-with random weights (a forward costs the same whatever the weights), its layer, context length and
-batch sizes, and every (method, K) cell at its budget and batch, in `bench run`'s precision. It
-leaves out lm-eval tasks and the extra LM pass of each further group when cells do not fit in
-memory together; the JSON says so next to the figures.
+``bench cost SWEEP.toml`` (or plain ``bench cost``, for ``bench run``'s default run) measures each
+rate on this device for each run: its model's architecture with random weights (a forward costs
+the same whatever the weights), its layer, context length and batch sizes, and every (method, K)
+cell at its budget and batch, in `bench run`'s precision. It leaves out lm-eval tasks and the
+extra LM pass of each further group when cells do not fit in memory together; the JSON says so
+next to the figures.
 """
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ LEFT_OUT = ("lm-eval tasks", "extra LM passes when cells train in several memory
 
 
 def add_cost_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("config", metavar="SWEEP.toml", help="a sweep file, as `bench run --config` takes")
+    parser.add_argument("config", metavar="SWEEP.toml", nargs="?", default=None,
+                        help="a sweep file, as `bench run --config` takes (default: plain `bench run`'s run)")
     parser.add_argument("--preset", default=None, help="override every run's preset (as `bench run --preset`)")
     parser.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per cell (default 10 GPU, 2 CPU)")
@@ -103,7 +105,7 @@ def estimate_run(cfg: RunConfig, device: torch.device, steps: int, warmup: int,
 
 def run_cost(args: argparse.Namespace) -> dict[str, Any]:
     """Estimate every run of the sweep; print the table, write the JSON; returns the JSON's content."""
-    configs = sweep_configs(load_config_file(args.config), args.preset)
+    configs = sweep_configs(load_config_file(args.config) if args.config else [{}], args.preset)
     for cfg in configs:
         expand_methods(cfg.methods)  # an unknown method is refused before anything is measured
     device = resolve_device(args.device)
@@ -113,7 +115,8 @@ def run_cost(args: argparse.Namespace) -> dict[str, Any]:
     if steps < 1 or warmup < 0 or (args.lm_contexts is not None and args.lm_contexts < 1):
         raise ValueError(f"--steps and --lm-contexts must be >= 1 and --warmup >= 0; got {steps}, "
                          f"{args.lm_contexts}, {warmup}")
-    result: dict[str, Any] = {"schema": "mxbench-cost/1", "sweep": str(args.config), "timestamp": results.timestamp(),
+    sweep = args.config or "bench run (the default run)"
+    result: dict[str, Any] = {"schema": "mxbench-cost/1", "sweep": sweep, "timestamp": results.timestamp(),
                               "machine": machine_description(device), "versions": package_versions(),
                               "settings": {"steps": steps, "warmup": warmup, "lm_contexts": args.lm_contexts,
                                            "preset": args.preset},
@@ -121,7 +124,7 @@ def run_cost(args: argparse.Namespace) -> dict[str, Any]:
     result["runs"] = [estimate_run(cfg, device, steps, warmup, args.lm_contexts) for cfg in configs]
     result["total_hours"] = sum(r["total_s"] for r in result["runs"]) / 3600
     result["complete"] = all(r["complete"] for r in result["runs"])
-    name = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(args.config).stem)
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(args.config).stem) if args.config else "default"
     out = Path(args.out or f"results/perf/cost-{name}-{device.type}.json")
     results.atomic_write_text(out, json.dumps(result, indent=1, default=str) + "\n")
     print(format_estimate(result))
@@ -129,19 +132,22 @@ def run_cost(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:,.1f} h"
+
+
 def format_estimate(result: dict[str, Any]) -> str:
     machine = result["machine"]
     lines = [f"{result['sweep']} on {machine.get('gpu') or machine['cpu']} ({machine['device']}):", "",
              f"{'run':<28} {'layer':>5} {'cells':>5} {'tokens':>12} {'collect/s':>10} {'CE/s':>8} "
-             f"{'collect h':>9} {'train h':>9} {'CE h':>7} {'hours':>9}"]
+             f"{'collect':>9} {'train':>9} {'CE':>9} {'total':>9}"]
     for r in result["runs"]:
         lines.append(f"{(r['run'] or r['model'])[:28]:<28} {r['layer']:>5} {len(r['cells']):>5} {r['train_tokens']:>12,} "
                      f"{r['lm']['collect_mlp_io_tokens_per_s']:>10,.0f} {r['lm']['ce_with_replay_tokens_per_s']:>8,.0f} "
-                     f"{r['collect_s'] / 3600:>9.2f} {r['train_s'] / 3600:>9.2f} {r['ce_s'] / 3600:>7.2f} "
-                     f"{r['total_s'] / 3600:>9.2f}")
+                     + " ".join(f"{_duration(r[part]):>9}" for part in ("collect_s", "train_s", "ce_s", "total_s")))
         lines += [f"  {c['method']} K={c['k']}: failed ({c['error']}), not counted" for c in r["cells"]
                   if c["status"] != "ok"]
-    lines += ["", f"total: {result['total_hours']:,.1f} hours on this machine"
+    lines += ["", f"total: {_duration(result['total_hours'] * 3600)} on this machine"
               + ("" if result["complete"] else " (incomplete: failed cells are not counted)")
               + f"; not included: {', '.join(result['left_out'])}"]
     return "\n".join(lines)

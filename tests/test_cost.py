@@ -69,6 +69,27 @@ def test_estimate_adds_up_the_measured_rates(tiny_architecture, tmp_path, capsys
     assert "tiny-L1" in table and "total:" in table and "not included: lm-eval tasks" in table
 
 
+def test_without_a_file_it_estimates_the_default_run(monkeypatch, tmp_path) -> None:
+    seen = []
+
+    def fake_estimate(cfg, device, steps, warmup, lm_contexts):
+        seen.append(cfg)
+        return {"run": None, "model": cfg.model, "layer": 9, "train_tokens": cfg.train_tokens, "cells": [],
+                "lm": {"collect_mlp_io_tokens_per_s": 1.0, "ce_with_replay_tokens_per_s": 1.0},
+                "collect_s": 60.0, "train_s": 120.0, "ce_s": 270.0, "total_s": 450.0, "complete": True}
+
+    monkeypatch.setattr(cost, "estimate_run", fake_estimate)
+    monkeypatch.chdir(tmp_path)
+    assert main(["cost", "--device", "cpu"]) == 0
+    (cfg,) = seen
+    assert cfg == cost.RunConfig()  # exactly what plain `bench run` runs
+    assert json.loads((tmp_path / "results/perf/cost-default-cpu.json").read_text())["total_hours"] == 450 / 3600
+
+
+def test_durations_read_in_the_unit_that_fits() -> None:
+    assert [cost._duration(s) for s in (45, 450, 4_061_000)] == ["45 s", "7.5 min", "1,128.1 h"]
+
+
 def test_more_train_tokens_cost_proportionally_more_training() -> None:
     cfg_small = cost.RunConfig(train_tokens=1000, eval_tokens=0, ce_tokens=0)
     cfg_large = cost.RunConfig(train_tokens=3000, eval_tokens=0, ce_tokens=0)
