@@ -14,6 +14,7 @@ import methods
 from bench.config import PRESETS, load_config_file, sweep_configs
 from bench.cost import add_cost_arguments
 from bench.executors import EXECUTORS, SweepError
+from bench.harness import check_device_name
 from bench.perf import add_perf_arguments
 
 EXIT_OK, EXIT_CELL_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -281,8 +282,7 @@ def validate(cfg) -> None:
     for name in ("compile", "wandb", "trust_remote_code"):
         if not isinstance(getattr(cfg, name), bool):
             raise UsageError(f"{name} must be true or false, got {getattr(cfg, name)!r}")
-    if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
-        raise UsageError(f"--device must be auto, cpu or cuda, got {cfg.device!r}")
+    check_device_name(cfg.device)
 
 
 def _run_dirs(given: list[str]) -> list[Path]:

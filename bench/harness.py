@@ -44,12 +44,18 @@ class Baselines:
     zero: torch.Tensor
 
 
+def check_device_name(name: str) -> None:
+    """The spellings ``--device`` takes; whether that device exists is ``resolve_device``'s question
+    (asked where the run runs: a Ray driver need not have the workers' GPUs)."""
+    if name not in ("auto", "cpu") and not re.fullmatch(r"cuda(:\d+)?", name):
+        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` is CUDA when torch sees a GPU, else the CPU; a GPU asked for must exist."""
+    check_device_name(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name != "cpu" and not re.fullmatch(r"cuda(:\d+)?", name):
-        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: torch {torch.__version__} sees no CUDA GPU here; use --device cpu or auto")
     device = torch.device(name)
