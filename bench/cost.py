@@ -30,7 +30,7 @@ from bench.config import RunConfig, load_config_file, sweep_configs
 from bench.harness import expand_methods, precision_label, resolve_device, resolve_dtype, resolve_precision
 from bench.model_shapes import random_model
 from bench.models import check_layer, default_layer, layer_spec
-from bench.perf import Shape, machine_description, measure_ceilings, measure_lm, measure_training, package_versions
+from bench.perf import Shape, machine_description, measure_cell, measure_ceilings, measure_lm, package_versions
 from bench.timing import say as say_perf
 
 def say(message: str) -> None:
@@ -85,12 +85,8 @@ def estimate_run(cfg: RunConfig, device: torch.device, steps: int, warmup: int,
     cells = []
     for method in expand_methods(cfg.methods):
         for k in cfg.ks:
-            try:
-                row = measure_training(method, shape, k, cfg.batch_size, warmup, steps, device, autocast,
-                                       cfg.compile, ceilings)
-            except (ValueError, torch.OutOfMemoryError) as error:
-                row = {"method": method, "k": k, "status": "failed",
-                       "error": f"{type(error).__name__}: {str(error).splitlines()[0]}"}
+            row = measure_cell(method, shape, k, cfg.batch_size, warmup, steps, device, autocast, cfg.compile,
+                               ceilings)
             cells.append({key: row.get(key) for key in ("method", "k", "status", "error", "tokens_per_s",
                                                          "step_s", "n_params", "executed_ceiling_fraction")})
             say(f"  {method} K={k}: " + (f"{row['tokens_per_s']:,.0f} tokens/s" if row["status"] == "ok"

@@ -31,7 +31,7 @@ import torch
 import methods
 from bench import results
 from bench.flops import executed_step_flops, forward_flops, step_flops
-from bench.harness import precision_label, resolve_device, resolve_precision
+from bench.harness import expand_methods, precision_label, resolve_device, resolve_dtype, resolve_precision
 from bench.peers import peer_comparison
 from bench.perf_table import format_report
 from bench.timing import PeakMemory, matmul_ceiling, say, synchronize, time_calls
@@ -123,6 +123,17 @@ def measure_training(method: str, shape: Shape, k: int, tokens: int, warmup: int
     return row
 
 
+def measure_cell(method: str, shape: Shape, k: int, tokens: int, warmup: int, steps: int, device: torch.device,
+                 autocast: torch.dtype | None, compile: bool, ceilings: dict[str, dict]) -> dict[str, Any]:
+    """``measure_training``'s row, or a failed row naming the error (K above a small shape's width,
+    out of memory): one cell that cannot run does not stop the others."""
+    try:
+        return measure_training(method, shape, k, tokens, warmup, steps, device, autocast, compile, ceilings)
+    except (ValueError, torch.OutOfMemoryError) as error:
+        return {"shape": shape.name, "method": method, "k": k, "status": "failed",
+                "error": f"{type(error).__name__}: {str(error).splitlines()[0]}"}
+
+
 def optimiser_variants(shape: Shape, device: torch.device, repeats: int) -> dict[str, Any]:
     """AdamW.step alone on the shape's TC parameters, per implementation (random gradients)."""
     layer = methods.create("tc", shape.spec, k=1, expansion=shape.expansion).to(device)
@@ -148,8 +159,6 @@ OPTIMISER_VARIANTS = {"for-loop": {"foreach": False}, "foreach": {"foreach": Tru
 
 def lm_dtype(device: torch.device) -> torch.dtype:
     """The LM's dtype, as ``bench run --dtype auto`` picks it."""
-    from bench.harness import resolve_dtype
-
     return resolve_dtype("auto", device)
 
 
@@ -269,7 +278,6 @@ def resolve_settings(args: argparse.Namespace, device: torch.device) -> dict[str
         from bench.model_shapes import model_config
 
         model_config(args.model)  # refuse an unknown name now, not after the training measurements
-    from bench.harness import expand_methods
 
     return {"shapes": shape_names, "ks": ks, "methods": expand_methods(_names(args.methods)), "tokens": tokens,
             "steps": steps, "warmup": args.warmup if args.warmup is not None else (3 if gpu else 1),
@@ -324,12 +332,8 @@ def run_perf(args: argparse.Namespace) -> dict[str, Any]:
     for shape in shapes:
         for method in settings["methods"]:
             for k in settings["ks"]:
-                try:
-                    row = measure_training(method, shape, k, settings["tokens"][shape.name], settings["warmup"],
-                                           settings["steps"][shape.name], device, autocast, args.compile, ceilings)
-                except (ValueError, torch.OutOfMemoryError) as error:  # e.g. K above a small shape's width
-                    row = {"shape": shape.name, "method": method, "k": k, "status": "failed",
-                           "error": f"{type(error).__name__}: {str(error).splitlines()[0]}"}
+                row = measure_cell(method, shape, k, settings["tokens"][shape.name], settings["warmup"],
+                                   settings["steps"][shape.name], device, autocast, args.compile, ceilings)
                 train_rows.append(row)
                 say(f"{shape.name} {method} K={k}: " + (f"{row['tokens_per_s']:,.0f} tokens/s"
                           if row["status"] == "ok" else row.get("error", "failed")))
