@@ -14,34 +14,16 @@ import methods
 from bench.config import PRESETS, load_config_file, sweep_configs
 from bench.cost import add_cost_arguments
 from bench.executors import EXECUTORS, SweepError
-from bench.harness import check_device_name
+from bench.parsing import int_list, name_list
+from bench.devices import DTYPES, check_device_name
 from bench.perf import add_perf_arguments
 
 EXIT_OK, EXIT_CELL_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
-DTYPES = ("auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16")
-
 
 class UsageError(ValueError):
     """Bad input from the user: printed as one line, exit code 2."""
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one integer")
-    return values
-
-
-def _name_list(text: str) -> list[str]:
-    names = [v.strip() for v in text.split(",") if v.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
-    return names
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -65,11 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="train and evaluate sparse replacements of one MLP layer")
     run.add_argument("--config", default=None, metavar="FILE.toml",
                      help="a TOML file holding a whole sweep (see sweeps/); flags given here override it")
-    run.add_argument("--methods", type=_name_list, default=None,
+    run.add_argument("--methods", type=name_list, default=None,
                      help="comma-separated method names, or 'all' (see `bench methods`)")
     run.add_argument("--model", default=None, help="alias (gemma-3-270m, gpt2, gemma-2b, ...), hub id or local dir")
     run.add_argument("--layer", type=int, default=None, help="layer index (default: the middle layer)")
-    run.add_argument("--k", dest="ks", type=_int_list, default=None, help="comma-separated K values")
+    run.add_argument("--k", dest="ks", type=int_list, default=None, help="comma-separated K values")
     run.add_argument("--preset", default=None, help=f"one of {', '.join(PRESETS)} (default: smoke)")
     run.add_argument("--expansion", type=int, default=None, help="parameter budget: a TC of width expansion*d")
     run.add_argument("--dataset", default=None, help="wiki-offline, a hub dataset name, or a local .jsonl/.txt path")
@@ -239,8 +221,6 @@ def _setting_type(name: str) -> type:
 
 def validate(cfg) -> None:
     """Cheap checks before any model is loaded."""
-    from bench.harness import expand_methods
-
     for name in INT_SETTINGS + FLOAT_SETTINGS + STR_SETTINGS:
         value, wanted = getattr(cfg, name), _setting_type(name)
         if value is not None and (not isinstance(value, wanted) or isinstance(value, bool)):
@@ -250,7 +230,7 @@ def validate(cfg) -> None:
         raise UsageError(f"k must be a list of integers, got {cfg.ks!r}")
     if not isinstance(cfg.methods, list) or not all(isinstance(m, str) for m in cfg.methods):
         raise UsageError(f"methods must be a list of method names, got {cfg.methods!r}")
-    expand_methods(cfg.methods)
+    methods.expand_method_names(cfg.methods)
     for name in ("train_tokens", "eval_tokens", "ce_tokens", "batch_size", "expansion", "context_length",
                  "lm_batch_size", "ce_batch_size", "buffer_tokens"):
         value = getattr(cfg, name)

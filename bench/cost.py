@@ -27,7 +27,8 @@ import torch
 
 from bench import results
 from bench.config import RunConfig, load_config_file, sweep_configs
-from bench.harness import expand_methods, precision_label, resolve_device, resolve_dtype, resolve_precision
+from bench.devices import precision_label, resolve_device, resolve_dtype, resolve_precision
+from methods import expand_method_names
 from bench.model_shapes import random_model
 from bench.models import check_layer, default_layer, layer_spec
 from bench.perf import Shape, machine_description, measure_cell, measure_ceilings, measure_lm, package_versions
@@ -83,7 +84,7 @@ def estimate_run(cfg: RunConfig, device: torch.device, steps: int, warmup: int,
     shape = Shape(f"{cfg.model}-L{layer}-e{cfg.expansion}", spec, cfg.expansion, cfg.batch_size, cfg.batch_size)
     ceilings = measure_ceilings(device, autocast, 8192 if device.type == "cuda" else 2048, 3)
     cells = []
-    for method in expand_methods(cfg.methods):
+    for method in expand_method_names(cfg.methods):
         for k in cfg.ks:
             row = measure_cell(method, shape, k, cfg.batch_size, warmup, steps, device, autocast, cfg.compile,
                                ceilings)
@@ -103,7 +104,7 @@ def run_cost(args: argparse.Namespace) -> dict[str, Any]:
     """Estimate every run of the sweep; print the table, write the JSON; returns the JSON's content."""
     configs = sweep_configs(load_config_file(args.config) if args.config else [{}], args.preset)
     for cfg in configs:
-        expand_methods(cfg.methods)  # an unknown method is refused before anything is measured
+        expand_method_names(cfg.methods)  # an unknown method is refused before anything is measured
     device = resolve_device(args.device)
     gpu = device.type == "cuda"
     steps = args.steps if args.steps is not None else (10 if gpu else 2)

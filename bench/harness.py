@@ -9,7 +9,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -24,12 +23,13 @@ from bench import data as data_mod
 from bench.activation_cache import CacheKey, CacheWriter, StaleCache, open_cache, read_chunks
 from bench.activations import collect_all, lm_chunks, shuffled_batches
 from bench.config import RunConfig
+from bench.devices import hardware_description, precision_label, resolve_device, resolve_dtype, resolve_precision
 from bench.evaluate import CrossEntropyEvaluator, compare_ce, reconstruction_metrics
 from bench.models import check_layer, check_layer_in_config, default_layer, layer_spec, load_model, mlp_module
 from bench.grouping import cell_bytes, memory_budget, plan_groups
 from bench.logs import LOGGER, MetricsSink, note, run_log
 from bench.runlock import RunLock
-from bench.results import CELL_KEY, RunStore, cell_key, hardware_description, package_versions, timestamp
+from bench.results import CELL_KEY, RunStore, cell_key, package_versions, timestamp
 from bench.splice import SplicedMLP, ZeroMLP, spliced, zero_ablated
 from bench.tasks import evaluate_tasks, resolve_tasks
 from bench.train import Cell, OptimiserSettings, build_cell, train_cells
@@ -44,75 +44,6 @@ class Baselines:
     zero: torch.Tensor
 
 
-def check_device_name(name: str) -> None:
-    """The spellings ``--device`` takes; whether that device exists is ``resolve_device``'s question
-    (asked where the run runs: a Ray driver need not have the workers' GPUs)."""
-    if name not in ("auto", "cpu") and not re.fullmatch(r"cuda(:\d+)?", name):
-        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` is CUDA when torch sees a GPU, else the CPU; a GPU asked for must exist."""
-    check_device_name(name)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: torch {torch.__version__} sees no CUDA GPU here; use --device cpu or auto")
-    device = torch.device(name)
-    if device.index is not None and device.index >= torch.cuda.device_count():
-        raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA GPU(s) visible")
-    return device
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-            "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[name]
-
-
-def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of the sparse layers' compute; None means no autocast.
-
-    On CUDA, ``auto`` and ``bf16`` also let the matmuls left in fp32 use TF32 tensor cores; an
-    explicit ``fp32`` turns TF32 off, so it means IEEE fp32 (the paper's reference setup).
-    """
-    if device.type == "cuda":
-        tf32 = name != "fp32"
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-        torch.backends.cudnn.allow_tf32 = tf32
-    if name == "bf16" or (name == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
-
-
-def precision_label(autocast: torch.dtype | None, device: torch.device) -> str:
-    """What the sparse layers' matmuls really run in: bf16 (autocast), tf32 or fp32."""
-    if autocast is not None:
-        return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(autocast, str(autocast).replace("torch.", ""))
-    return "tf32" if device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32 else "fp32"
-
-
-def expand_methods(requested: list[str]) -> list[str]:
-    """``all`` means every distinct registered method; otherwise the given names, checked.
-
-    Two names for the same class and settings (``lowrank-moe`` is ``lowrank-moe-r4``) run once,
-    under the name that pins its settings explicitly.
-    """
-    if requested != ["all"]:
-        for name in requested:
-            methods.get_method(name)
-        return list(dict.fromkeys(requested))
-    chosen: dict[tuple, str] = {}
-    for name in methods.method_names():
-        entry = methods.get_method(name)
-        identity = (entry.cls, tuple(sorted(entry.hyperparameters().items())))
-        current = chosen.get(identity)
-        if current is None or len(entry.defaults) > len(methods.get_method(current).defaults):
-            chosen[identity] = name
-    return sorted(chosen.values())
-
-
 def _nothing() -> None:
     """The default ``on_saved`` hook."""
 
@@ -123,7 +54,7 @@ def run_benchmark(cfg: RunConfig, on_saved: Callable[[], None] = _nothing) -> li
     ``on_saved`` runs after each training-state checkpoint and each stored row: a run whose
     results live at a URL uploads its local copy then (``bench/storage.py``).
     """
-    method_names = expand_methods(cfg.methods)
+    method_names = methods.expand_method_names(cfg.methods)
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     run_dir = Path(cfg.results_dir) / (cfg.run_name or default_run_name(cfg))

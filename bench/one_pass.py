@@ -17,7 +17,7 @@ from bench import data as data_mod
 from bench.activations import lm_chunks, shuffled_batches
 from bench.config import preset_config
 from bench.models import LoadedModel, default_layer, layer_spec
-from bench.timing import synchronize
+from bench.devices import synchronize
 from bench.train import OptimiserSettings, build_cell, train_cells
 
 SMOKE = preset_config("smoke")  # context length, batch, budget, LR and buffer of `bench run`'s default

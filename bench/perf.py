@@ -31,11 +31,13 @@ import torch
 import methods
 from bench import results
 from bench.flops import executed_step_flops, forward_flops, step_flops
-from bench.harness import expand_methods, precision_label, resolve_device, resolve_dtype, resolve_precision
+from bench.devices import cpu_model_name, precision_label, resolve_device, resolve_dtype, resolve_precision
 from bench.peers import peer_comparison
 from bench.perf_table import format_report
-from bench.timing import PeakMemory, matmul_ceiling, say, synchronize, time_calls
+from bench.timing import PeakMemory, matmul_ceiling, say, time_calls
+from bench.devices import synchronize
 from bench.train import OptimiserSettings, adamw, build_cell, train_step
+from methods import expand_method_names
 from methods.base import LayerSpec
 
 GEMMA_3_270M = LayerSpec(640, 2048, True, "gelu_pytorch_tanh")
@@ -279,7 +281,7 @@ def resolve_settings(args: argparse.Namespace, device: torch.device) -> dict[str
 
         model_config(args.model)  # refuse an unknown name now, not after the training measurements
 
-    return {"shapes": shape_names, "ks": ks, "methods": expand_methods(_names(args.methods)), "tokens": tokens,
+    return {"shapes": shape_names, "ks": ks, "methods": expand_method_names(_names(args.methods)), "tokens": tokens,
             "steps": steps, "warmup": args.warmup if args.warmup is not None else (3 if gpu else 1),
             "ceiling_n": 8192 if gpu else (1024 if args.quick else 2048), "ceiling_repeats": 10 if gpu else 3,
             "lm_contexts": 4 if args.quick else 16 if gpu else 8, "context_length": 128, "ce_batch": 4,
@@ -294,7 +296,7 @@ def machine_description(device: torch.device) -> dict[str, Any]:
         memory_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         pass
-    out = {"device": str(device), "cpu": results.cpu_model_name(), "cpu_count": os.cpu_count(),
+    out = {"device": str(device), "cpu": cpu_model_name(), "cpu_count": os.cpu_count(),
            "torch_threads": torch.get_num_threads(), "memory_bytes": memory_bytes, "platform": platform.platform(),
            "load_average_1m_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
     if device.type == "cuda":

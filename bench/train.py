@@ -14,7 +14,7 @@ from typing import Callable, Iterable
 import torch
 
 import methods
-from bench.timing import synchronize
+from bench.devices import synchronize
 from methods.base import LayerSpec, SparseLayer
 
 

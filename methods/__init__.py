@@ -9,6 +9,7 @@ from methods.checkpoint import load_layer, save_layer
 from methods.registry import (
     build_from_config,
     create,
+    expand_method_names,
     get_method,
     load_entry_points,
     load_plugin,
@@ -23,6 +24,7 @@ __all__ = [
     "SparseLayer",
     "build_from_config",
     "create",
+    "expand_method_names",
     "get_method",
     "load_entry_points",
     "load_layer",

@@ -65,6 +65,26 @@ def method_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def expand_method_names(requested: list[str]) -> list[str]:
+    """``["all"]`` means every distinct registered method; otherwise the given names, checked.
+
+    Two names for the same class and settings (``lowrank-moe`` is ``lowrank-moe-r4``) run once,
+    under the name that pins its settings explicitly.
+    """
+    if requested != ["all"]:
+        for name in requested:
+            get_method(name)
+        return list(dict.fromkeys(requested))
+    chosen: dict[tuple, str] = {}
+    for name in method_names():
+        entry = get_method(name)
+        identity = (entry.cls, tuple(sorted(entry.hyperparameters().items())))
+        current = chosen.get(identity)
+        if current is None or len(entry.defaults) > len(get_method(current).defaults):
+            chosen[identity] = name
+    return sorted(chosen.values())
+
+
 def get_method(name: str) -> RegisteredMethod:
     try:
         return _REGISTRY[name]

@@ -116,7 +116,7 @@ def test_argument_errors_are_one_line(capsys, argv, message):
 
 def test_all_runs_each_distinct_method_once():
     import methods
-    from bench.harness import expand_methods
+    from methods import expand_method_names as expand_methods
 
     names = expand_methods(["all"])
     assert "lowrank-moe-r4" in names and "lowrank-moe" not in names  # the same class and settings

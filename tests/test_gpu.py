@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import methods
-from bench.harness import expand_methods
+from methods import expand_method_names as expand_methods
 from bench.train import OptimiserSettings, build_cell, train_step
 from methods.lowrank_moe import gather_dot, gather_dot_reference
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.harness import precision_label, resolve_precision
+from bench.devices import precision_label, resolve_precision
 from bench.timing import warm_up
 
 CUDA, CPU = torch.device("cuda"), torch.device("cpu")

@@ -1,0 +1,23 @@
+"""Comma-separated flag values (``--methods tc,mxd``, ``--k 16,64``), parsed one way for every command."""
+from __future__ import annotations
+
+import argparse
+
+
+def int_list(text: str) -> list[int]:
+    """``"16,64"`` -> ``[16, 64]``; an argparse type, so a bad value is a one-line usage error."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    return values
+
+
+def name_list(text: str) -> list[str]:
+    """``"tc, mxd"`` -> ``["tc", "mxd"]``; empty items are dropped, an empty list is refused."""
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
+    return names
