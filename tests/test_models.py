@@ -1,3 +1,5 @@
+import time
+
 import pytest
 import torch
 from torch import nn
@@ -5,7 +7,10 @@ from torch import nn
 from bench.models import (
     MODEL_ALIASES,
     ModelError,
+    check_cache_writable,
+    check_model_available,
     check_layer,
+    check_layer_in_config,
     decoder_layers,
     default_layer,
     layer_spec,
@@ -76,3 +81,77 @@ def test_loads_a_local_directory(tiny_model_dir):
     assert not any(p.requires_grad for p in loaded.model.parameters())
     assert not loaded.model.training
     assert loaded.tokenizer.bos_token == "<bos>"
+
+
+NO_SUCH_MODEL = "no/such-model-anywhere"
+
+
+def test_a_hub_model_that_cannot_be_reached_fails_fast_in_one_line(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # read once, when huggingface_hub is imported
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))  # an empty local hub cache
+    for attempt in (lambda: load_model(NO_SUCH_MODEL), lambda: check_layer_in_config(NO_SUCH_MODEL, 0),
+                    lambda: check_model_available(NO_SUCH_MODEL)):
+        started = time.monotonic()
+        with pytest.raises(ModelError) as caught:
+            attempt()
+        assert time.monotonic() - started < 5
+        message = str(caught.value)
+        assert "\n" not in message
+        assert message.startswith(f"model '{NO_SUCH_MODEL}' is not a local directory, not an alias (known: gpt2, ")
+        assert message.endswith("the hub cannot be reached: HF_HUB_OFFLINE is set and it is not in the local hub cache")
+
+
+def test_hub_failures_are_told_apart_without_retrying(monkeypatch, tmp_path):
+    import huggingface_hub
+    from huggingface_hub import constants, errors
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    calls = []
+
+    def fail_with(error):
+        def head(url, timeout=None, **_):
+            calls.append(url)
+            raise error
+        monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", head)
+
+    fail_with(ConnectionError("[Errno -2] Name or service not known"))
+    with pytest.raises(ModelError, match=r"and the hub cannot be reached \(\[Errno -2\] Name or service not known\)$"):
+        check_layer_in_config(NO_SUCH_MODEL, 0)
+    assert calls == [f"{constants.ENDPOINT}/{NO_SUCH_MODEL}/resolve/main/config.json"]  # once, no retries
+    fail_with(errors.RepositoryNotFoundError.__new__(errors.RepositoryNotFoundError))
+    with pytest.raises(ModelError, match=r"and the hub has no such repo \(or it is private"):
+        load_model(NO_SUCH_MODEL)
+    with pytest.raises(ModelError, match=r"^model 'gpt2' is an alias of the hub's openai-community/gpt2, and the hub has"):
+        load_model("gpt2")
+    with pytest.raises(ModelError, match=r"'\./no/such/dir' is not a local directory, .* not a valid hub id"):
+        load_model("./no/such/dir")
+
+
+def test_a_model_directory_with_a_broken_config_is_named(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "llama",\n')
+    with pytest.raises(ModelError, match=rf"^model config {tmp_path}/config.json is not valid JSON \(.* line 2, column 1\)$"):
+        load_model(str(tmp_path))
+    with pytest.raises(ModelError, match="is not valid JSON"):
+        check_layer_in_config(str(tmp_path), 0)
+    with pytest.raises(ModelError, match="is not valid JSON"):
+        check_model_available(str(tmp_path))
+    (tmp_path / "config.json").unlink()
+    with pytest.raises(ModelError, match=rf"^model directory {tmp_path} has no config.json$"):
+        load_model(str(tmp_path))
+
+
+def test_a_model_cache_that_cannot_be_written_is_named(monkeypatch, tmp_path):
+    blocker = tmp_path / "file.txt"  # a path under a regular file is unwritable even for root
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("MXBENCH_CACHE", str(blocker / "cache"))
+    with pytest.raises(ModelError, match=rf"^the model cache {blocker}/cache is not writable \(.*\); set MXBENCH_CACHE"):
+        check_cache_writable()
+    with pytest.raises(ModelError, match="is not writable"):
+        check_model_available("gemma-3-270m")
+    check_cache_writable("gpt2")  # only the embedded model is ever written there
+    monkeypatch.setenv("MXBENCH_CACHE", str(tmp_path / "fresh"))
+    check_cache_writable()
+    assert (tmp_path / "fresh").is_dir() and not any((tmp_path / "fresh").iterdir())
