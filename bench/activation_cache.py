@@ -93,10 +93,16 @@ def open_cache(directory: Path, key: CacheKey, needed_tokens: int) -> dict:
     path = directory / "manifest.json"
     if not path.is_file():
         raise StaleCache(f"no activation cache at {directory}")
+    data = path.read_bytes()
     try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise StaleCache(f"the activation cache manifest {path} is corrupt") from None
+        manifest = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise StaleCache(f"the activation cache manifest {path} is not UTF-8 text "
+                         f"(invalid byte 0x{data[error.start]:02x} at offset {error.start})") from None
+    except json.JSONDecodeError as error:
+        raise StaleCache(f"the activation cache manifest {path} is corrupt ({error.msg} at line {error.lineno})") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list):
+        raise StaleCache(f"the activation cache manifest {path} is corrupt (no list of shards)")
     if manifest.get("format") != FORMAT_VERSION or manifest.get("key") != asdict(key):
         raise StaleCache(f"the activation cache at {directory} was built for other settings")
     if manifest["total_tokens"] < needed_tokens:

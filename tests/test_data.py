@@ -70,3 +70,50 @@ def test_embedded_corpus_splits_are_disjoint():
     assert 0.03 < len(held_out) / len(titles) < 0.07
     # the order is fixed by a hash, not alphabetical
     assert titles != sorted(titles)
+
+
+def _error(path, **kwargs):
+    with pytest.raises(DataError) as caught:
+        list(iter_documents(str(path), "train", eval_fraction=0.0, **kwargs))
+    assert "\n" not in str(caught.value)
+    return str(caught.value)
+
+
+def test_a_file_that_is_not_utf8_is_named_with_the_offset_of_the_bad_byte(tmp_path):
+    good = '{"text": "caf\u00e9 one"}\n'.encode()  # a two-byte character before the bad byte
+    (tmp_path / "docs.jsonl").write_bytes(good + b'{"text": "two \xff"}\n')
+    offset = len(good) + len(b'{"text": "two ')
+    assert _error(tmp_path / "docs.jsonl") == (
+        f"dataset file {tmp_path / 'docs.jsonl'} is not UTF-8 text (invalid byte 0xff at offset {offset}, line 2)")
+    (tmp_path / "docs.txt").write_bytes(b"first paragraph\n\nsecond \xfe\n")
+    assert _error(tmp_path / "docs.txt").endswith("docs.txt is not UTF-8 text (invalid byte 0xfe at offset 24, line 3)")
+    (tmp_path / "docs.json").write_bytes(b'[{"text": "x \xff"}]')
+    assert _error(tmp_path / "docs.json").endswith("docs.json is not UTF-8 text (invalid byte 0xff at offset 13, line 1)")
+
+
+def test_bad_jsonl_rows_are_named_by_file_and_line(tmp_path):
+    path = tmp_path / "docs.jsonl"
+    path.write_text("")
+    assert _error(path) == f"dataset {str(path)!r} holds no documents (no record with a non-empty 'text')"
+    path.write_text('{"text": "fine"}\n\n{"text": 12345}\n')
+    assert _error(path) == f"dataset file {path} line 3: 'text' is int '12345', not a string"
+    path.write_text('{"text": "fine"}\nnot json\n')
+    assert _error(path) == f"dataset file {path} line 2 is not JSON (Expecting value, column 1)"
+    path.write_text('["a", "list"]\n')
+    assert _error(path) == f"dataset file {path} line 1 is a JSON list, not an object with a 'text' field"
+    path.write_text('{"id": 1, "body": "x"}\n')
+    assert _error(path) == f"dataset file {path} line 1 has no 'text' field (fields: id, body)"
+
+
+def test_local_files_give_the_records_datasets_gives(tmp_path, corpus_file):
+    import datasets
+
+    text = "one\r\ntwo\r\n\r\n\r\nthree\rfour\n\n\n\nfive\n\nsix"
+    (tmp_path / "docs.txt").write_bytes(text.encode())
+    by_datasets = [r["text"] for r in datasets.load_dataset("text", data_files=[str(tmp_path / "docs.txt")],
+                                                            split="train", streaming=True, sample_by="paragraph")]
+    assert list(iter_documents(str(tmp_path / "docs.txt"), "train", eval_fraction=0.0)) == by_datasets
+    assert by_datasets == ["one\ntwo", "\nthree\nfour", "five", "six"]
+    by_datasets = [r["text"] for r in datasets.load_dataset("json", data_files=[str(corpus_file)], split="train",
+                                                            streaming=True)]
+    assert list(iter_documents(str(corpus_file), "train", eval_fraction=0.0)) == by_datasets
