@@ -74,7 +74,10 @@ def load_dictionary(source: str, site: SpliceSite, *, norm_scaling_factor: float
         if norm_scaling_factor is not None:
             raise InteropError("a norm scaling factor applies to SAELens checkpoints only")
         dictionary, info = sparsify.load(directory, site)
-    layer = dictionary.to_layer(site.spec)
+    try:
+        layer = dictionary.to_layer(site.spec)
+    except InteropError as err:
+        raise InteropError(f"{directory}: {err}") from None
     return Loaded(layer, fmt, source, directory, info["architecture"], info["hook_in"], info["hook_out"],
                   dictionary.k, info["d_sae"], info["threshold"], dictionary.conversions)
 

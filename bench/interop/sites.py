@@ -83,7 +83,7 @@ class Hook:
 _TL = re.compile(r"^blocks\.(\d+)\.(.+)$")
 _HF = re.compile(r"^(?:.*\.)?(?:h|layers)\.(\d+)(?:\.(.+))?$")
 _TL_REFUSED = {
-    "hook_mlp_in": "the residual stream before the MLP's norm (TransformerLens hook_mlp_in), not the MLP input",
+    "hook_mlp_in": "the residual stream before the MLP's norm (TransformerLens's hook_mlp_in is not the MLP input)",
     "hook_resid_pre": "the residual stream", "hook_resid_mid": "the residual stream",
     "hook_resid_post": "the residual stream", "mlp.hook_pre": "the MLP's hidden pre-activations (d_mlp wide)",
     "mlp.hook_post": "the MLP's hidden activations (d_mlp wide)", "hook_attn_out": "the attention output",
@@ -102,8 +102,8 @@ def parse_hook(name: str, site: SpliceSite) -> Hook:
             return Hook(layer, MLP_OUTPUT)
         if tail == "ln2.hook_normalized":
             return Hook(layer, NORMALISED)
-        reason = _TL_REFUSED.get(tail) or ("attention" if tail.startswith("attn") else None)
-        raise InteropError(f"{where}: reads {reason or 'a site'} that the MLP splice cannot use; supported: "
+        reason = _TL_REFUSED.get(tail) or ("attention" if tail.startswith("attn") else "a site")
+        raise InteropError(f"{where}: is {reason}, which the MLP splice cannot use; supported: "
                            "blocks.L.ln2.hook_normalized (transcoder input) and blocks.L.hook_mlp_out")
     if (hf := _HF.match(name)) is not None:
         layer, tail = int(hf.group(1)), hf.group(2) or ""

@@ -58,9 +58,10 @@ def load(directory: Path, site: SpliceSite) -> tuple[Dictionary, dict[str, Any]]
     if hook.role != MLP_OUTPUT or not hookpoint.endswith("mlp"):
         raise InteropError(f"{where}: hookpoint {hookpoint!r} is not the MLP module (expected e.g. layers.{site.layer}.mlp)")
     flags = [f for f in _UNSUPPORTED_FLAGS if cfg.get(f)]
-    if flags or cfg.get("activation", "topk") != "topk":
-        raise InteropError(f"{where}: activation {cfg.get('activation', 'topk')!r} with {flags or 'no'} extra flags is not "
-                           "supported (TopK only)")
+    if flags:
+        raise InteropError(f"{where}: {', '.join(flags)} set: a variant of sparsify that is not supported (plain TopK only)")
+    if cfg.get("activation", "topk") != "topk":
+        raise InteropError(f"{where}: activation {cfg['activation']!r} is not supported (topk only)")
     d, k = cfg.get("d_in"), cfg.get("k")
     if d != site.spec.d_model:
         raise InteropError(f"{where}: d_in={d!r}, but the model's d_model is {site.spec.d_model}")
