@@ -1,0 +1,125 @@
+"""One-vs-rest probes on pooled features: unit ranking, k-sparse logistic probes and single-unit probes.
+
+Everything that chooses (the unit ranking, the probe weights, the best single unit) sees the TRAIN
+split only; the test split is only scored. The one exception is ``best_on_test``, the reference's
+figure, kept so the two can be compared: it picks, among the same 100 units, the one whose probe
+scores best on the test split itself, which overstates what a unit can do on new data.
+
+Features are standardised with the train split's mean and standard deviation before any fit, so
+the L2 penalty (sklearn's default C = 1) treats units on different scales alike.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+
+from bench.probing.metrics import f1_scores
+
+PROBE_KS = (1, 2, 5, 10, 20)
+TOP_UNITS = 100  # candidates for the best single unit, as in the reference
+C = 1.0
+
+
+def mean_difference_ranking(features: np.ndarray, positive: np.ndarray) -> np.ndarray:
+    """All unit indices, largest |mean over positives - mean over negatives| first (ties: lower index)."""
+    positive = positive.astype(bool)
+    gap = np.abs(features[positive].mean(axis=0) - features[~positive].mean(axis=0))
+    return np.argsort(-gap, kind="stable")
+
+
+def standardise(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both splits scaled by the TRAIN split's per-unit mean and std (a constant unit keeps std 1)."""
+    mean = train.mean(axis=0)
+    std = train.std(axis=0)
+    std = np.where(std > 1e-12, std, 1.0)
+    return (train - mean) / std, (test - mean) / std
+
+
+def balanced_weights(positive: np.ndarray) -> np.ndarray:
+    """sklearn's ``class_weight="balanced"``: n / (2 n_class) for each example's class."""
+    n, n_pos = len(positive), int(positive.sum())
+    return np.where(positive, n / (2 * max(n_pos, 1)), n / (2 * max(n - n_pos, 1)))
+
+
+@torch.no_grad()
+def fit_logistic_1d(features: np.ndarray, positive: np.ndarray, c: float = C,
+                    max_iter: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """One balanced L2 logistic regression per column, all columns at once: (slopes, intercepts).
+
+    Minimises 0.5 a^2 + c sum_i w_i log(1 + exp(-s_i (a x_i + b))), s_i = +-1, w balanced, b free:
+    sklearn's objective, solved by damped Newton steps on the 2x2 problem of every column.
+    """
+    x = torch.as_tensor(features, dtype=torch.float64)
+    y = torch.as_tensor(positive.astype(float), dtype=torch.float64)[:, None]
+    w = torch.as_tensor(balanced_weights(positive.astype(bool)), dtype=torch.float64)[:, None] * c
+    a = torch.zeros(x.shape[1], dtype=torch.float64)
+    b = torch.zeros_like(a)
+
+    def objective(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        z = x * a + b
+        return 0.5 * a**2 + (w * (torch.nn.functional.softplus(z) - y * z)).sum(0)
+
+    current = objective(a, b)
+    for _ in range(max_iter):
+        p = torch.sigmoid(x * a + b)
+        r, s = w * (p - y), w * p * (1 - p)
+        g_a, g_b = a + (r * x).sum(0), r.sum(0)
+        h_aa, h_ab, h_bb = 1 + (s * x * x).sum(0), (s * x).sum(0), s.sum(0).clamp_min(1e-12)
+        det = h_aa * h_bb - h_ab**2
+        step_a, step_b = (h_bb * g_a - h_ab * g_b) / det, (h_aa * g_b - h_ab * g_a) / det
+        scale = torch.ones_like(a)
+        for _ in range(30):  # halve each column's step until its objective does not rise
+            trial = objective(a - scale * step_a, b - scale * step_b)
+            worse = trial > current + 1e-12
+            if not worse.any():
+                break
+            scale = torch.where(worse, scale / 2, scale)
+        a, b, current = a - scale * step_a, b - scale * step_b, trial
+        if max(g_a.abs().max().item(), g_b.abs().max().item()) < 1e-9:
+            break
+    return a.numpy(), b.numpy()
+
+
+def fit_sparse_probe(train: np.ndarray, positive: np.ndarray, c: float = C) -> LogisticRegression:
+    """A balanced L2 logistic regression on a few standardised units (sklearn, lbfgs)."""
+    return LogisticRegression(C=c, class_weight="balanced", max_iter=1000).fit(train, positive.astype(bool))
+
+
+@dataclass
+class ClassProbes:
+    """Test predictions of every probe for one class, and the units each used."""
+
+    predictions: dict[str, np.ndarray] = field(default_factory=dict)  # probe name -> [n_test] bool
+    units: dict[str, list[int]] = field(default_factory=dict)
+
+
+def probe_class(train: np.ndarray, train_positive: np.ndarray, test: np.ndarray,
+                ks: tuple[int, ...] = PROBE_KS, top: int = TOP_UNITS) -> ClassProbes:
+    """k-sparse probes for each k, the train-chosen best unit and the test-chosen one (reference)."""
+    out = ClassProbes()
+    ranking = mean_difference_ranking(train, train_positive)
+    train_z, test_z = standardise(train, test)
+    for k in ks:
+        units = ranking[:min(k, train.shape[1])]
+        probe = fit_sparse_probe(train_z[:, units], train_positive)
+        out.predictions[f"k-sparse:{k}"] = probe.predict(test_z[:, units]).astype(bool)
+        out.units[f"k-sparse:{k}"] = units.tolist()
+    candidates = ranking[:min(top, train.shape[1])]
+    slope, intercept = fit_logistic_1d(train_z[:, candidates], train_positive)
+    train_f1 = f1_scores(train_positive[:, None], train_z[:, candidates] * slope + intercept > 0, axis=0)
+    test_predictions = test_z[:, candidates] * slope + intercept > 0
+    chosen = int(np.argmax(train_f1))  # first maximum: ties go to the higher-ranked unit
+    out.predictions["best-unit"] = test_predictions[:, chosen]
+    out.units["best-unit"] = [int(candidates[chosen])]
+    out.predictions["best-unit-on-test"] = test_predictions  # [n_test, top]: chosen once test labels are known
+    out.units["best-unit-on-test"] = candidates.tolist()
+    return out
+
+
+def dense_probe(train: np.ndarray, train_positive: np.ndarray, test: np.ndarray) -> np.ndarray:
+    """Test predictions of a balanced logistic probe on every feature (the dense ceiling)."""
+    train_z, test_z = standardise(train, test)
+    return fit_sparse_probe(train_z, train_positive).predict(test_z).astype(bool)
