@@ -12,11 +12,10 @@ from typing import Sequence
 
 import methods
 from bench.config import PRESETS, load_config_file, sweep_configs
-from bench.cost import add_cost_arguments
 from bench.executors import EXECUTORS, SweepError
 from bench.parsing import int_list, name_list
 from bench.devices import DTYPES, check_device_name
-from bench.perf import add_perf_arguments
+from bench.perf import add_cost_arguments, add_perf_arguments
 
 EXIT_OK, EXIT_CELL_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -148,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_perf(args)
             return EXIT_OK
         if args.command == "cost":
-            from bench.cost import run_cost
+            from bench.perf import run_cost
 
             run_cost(args)
             return EXIT_OK

@@ -5,9 +5,12 @@ import json
 import math
 
 import pytest
+import torch
 
-from bench import cost, model_shapes
+from bench import model_shapes
 from bench.cli import main
+from bench.config import RunConfig
+from bench.perf import cost
 
 TINY = dict(model_type="llama", num_hidden_layers=4, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
             intermediate_size=96, vocab_size=96, max_position_embeddings=256)
@@ -52,15 +55,14 @@ def test_estimate_adds_up_the_measured_rates(tiny_architecture, tmp_path, capsys
     assert (first["run"], first["layer"], second["layer"]) == ("tiny-L1", 1, 2)
     assert [(c["method"], c["k"]) for c in first["cells"]] == [("tc", 4), ("tc", 8), ("mxd", 4), ("mxd", 8)]
     assert [(c["method"], c["k"]) for c in second["cells"]] == [("stc", 4), ("stc", 8)]
-    for run, train_tokens in ((first, 100_000), (second, 50_000)):
+    assert (first["train_tokens"], second["train_tokens"]) == (100_000, 50_000)  # a run's own value wins
+    for run in (first, second):
         lm = run["lm"]
         assert lm["model"] == "tiny-llama (random weights)" and lm["layer"] == run["layer"]
-        assert lm["context_length"] == 64 and lm["contexts"] == 4
-        collect = (train_tokens + 2048) / lm["collect_mlp_io_tokens_per_s"]
-        train = sum(train_tokens / c["tokens_per_s"] for c in run["cells"])
-        ce = (len(run["cells"]) + 2) * 512 / lm["ce_with_replay_tokens_per_s"] + lm["ce_prefix_capture_s"] * 512 / 256
-        assert run["collect_s"] == pytest.approx(collect) and run["train_s"] == pytest.approx(train)
-        assert run["ce_s"] == pytest.approx(ce) and run["total_s"] == pytest.approx(collect + train + ce)
+        assert lm["context_length"] == 64 and lm["contexts"] == 4 and lm["collect_mlp_io_tokens_per_s"] > 0
+        assert all(c["status"] == "ok" and c["tokens_per_s"] > 0 for c in run["cells"])
+        parts = [run[part] for part in ("collect_s", "train_s", "ce_s")]
+        assert min(parts) > 0 and run["total_s"] == pytest.approx(sum(parts))
         assert run["complete"] and run["precision"] == "fp32"
     assert result["total_hours"] == pytest.approx((first["total_s"] + second["total_s"]) / 3600)
     assert result["complete"] and result["machine"]["device"] == "cpu" and result["versions"]["torch"]
@@ -82,7 +84,7 @@ def test_without_a_file_it_estimates_the_default_run(monkeypatch, tmp_path) -> N
     monkeypatch.chdir(tmp_path)
     assert main(["cost", "--device", "cpu"]) == 0
     (cfg,) = seen
-    assert cfg == cost.RunConfig()  # exactly what plain `bench run` runs
+    assert cfg == RunConfig()  # exactly what plain `bench run` runs
     assert json.loads((tmp_path / "results/perf/cost-default-cpu.json").read_text())["total_hours"] == 450 / 3600
 
 
@@ -91,13 +93,43 @@ def test_durations_read_in_the_unit_that_fits() -> None:
 
 
 def test_more_train_tokens_cost_proportionally_more_training() -> None:
-    cfg_small = cost.RunConfig(train_tokens=1000, eval_tokens=0, ce_tokens=0)
-    cfg_large = cost.RunConfig(train_tokens=3000, eval_tokens=0, ce_tokens=0)
+    cfg_small = RunConfig(train_tokens=1000, eval_tokens=0, ce_tokens=0)
+    cfg_large = RunConfig(train_tokens=3000, eval_tokens=0, ce_tokens=0)
     lm = {"contexts": 1, "context_length": 10, "collect_mlp_io_tokens_per_s": 100.0,
           "ce_with_replay_tokens_per_s": 50.0, "ce_prefix_capture_s": 0.0}
     small, large = (cost.run_seconds(c, 2, lm, [10.0, 20.0]) for c in (cfg_small, cfg_large))
-    assert small["train_s"] == pytest.approx(1000 / 10 + 1000 / 20) and large["train_s"] == pytest.approx(3 * small["train_s"])
+    # 1,000 tokens at 10 and at 20 tokens/s: 100 s + 50 s; three times the tokens, three times the time
+    assert small["train_s"] == pytest.approx(150.0) and large["train_s"] == pytest.approx(450.0)
     assert small["collect_s"] == pytest.approx(10.0) and small["ce_s"] == 0 and math.isclose(small["total_s"], 160.0)
+
+
+def test_a_run_costs_its_measured_rates_multiplied_out(tiny_architecture, monkeypatch) -> None:
+    """estimate_run on stand-in rates: every second below is worked out by hand from the module
+    docstring's formula, so a wrong token count, rate or cell count changes a figure."""
+    lm = {"contexts": 4, "context_length": 64, "collect_mlp_io_tokens_per_s": 1000.0,
+          "ce_with_replay_tokens_per_s": 256.0, "ce_prefix_capture_s": 0.5}
+    rates = {("tc", 4): 500.0, ("tc", 8): 250.0}
+    measured = []
+    monkeypatch.setattr(cost, "measure_lm", lambda loaded, device, contexts, length, batch, repeats, layer: dict(lm))
+    monkeypatch.setattr(cost, "measure_ceilings", lambda *args: {"fp32": {"flops_per_s": 1.0}})
+
+    def fake_cell(method, shape, k, tokens, warmup, steps, device, autocast, compile, ceilings):
+        measured.append((method, k, tokens, shape.expansion))
+        return {"method": method, "k": k, "status": "ok", "tokens_per_s": rates[(method, k)], "step_s": 1.0}
+
+    monkeypatch.setattr(cost, "measure_cell", fake_cell)
+    cfg = RunConfig(model="tiny-llama", layer=3, methods=["tc"], ks=[4, 8], expansion=4, batch_size=128,
+                    train_tokens=100_000, eval_tokens=2_000, ce_tokens=512, context_length=64)
+    run = cost.estimate_run(cfg, torch.device("cpu"), steps=1, warmup=0, lm_contexts=4)
+    assert measured == [("tc", 4, 128, 4), ("tc", 8, 128, 4)]  # the run's own batch and budget
+    assert (run["layer"], run["d_model"]) == (3, 32)
+    # collection: 102,000 tokens at 1,000/s; training: 100,000 tokens at 500/s and at 250/s;
+    # CE: (2 cells + clean + zero-ablated) x 512 tokens at 256/s, plus the 0.5 s prefix capture of
+    # 256 tokens scaled to 512
+    assert run["collect_s"] == pytest.approx(102.0)
+    assert run["train_s"] == pytest.approx(200.0 + 400.0)
+    assert run["ce_s"] == pytest.approx(8.0 + 1.0)
+    assert run["total_s"] == pytest.approx(711.0) and run["complete"]
 
 
 @pytest.mark.parametrize("argv, text", [

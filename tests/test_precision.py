@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bench.devices import precision_label, resolve_precision
-from bench.timing import warm_up
+from bench.perf.timing import warm_up
 
 CUDA, CPU = torch.device("cuda"), torch.device("cpu")
 

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import statistics
 from importlib.metadata import version
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from bench.timing import PeakMemory, say, time_calls
-
-if TYPE_CHECKING:
-    from bench.perf import Shape
+from bench.perf.measure import Shape
+from bench.perf.timing import PeakMemory, say, time_calls
 
 
 def saelens_available() -> bool:

@@ -28,11 +28,12 @@ import torch
 from bench import results
 from bench.config import RunConfig, load_config_file, sweep_configs
 from bench.devices import precision_label, resolve_device, resolve_dtype, resolve_precision
-from methods import expand_method_names
 from bench.model_shapes import random_model
 from bench.models import check_layer, default_layer, layer_spec
-from bench.perf import Shape, machine_description, measure_cell, measure_ceilings, measure_lm, package_versions
-from bench.timing import say as say_perf
+from bench.perf.measure import Shape, machine_description, measure_cell, measure_ceilings, measure_lm, package_versions
+from bench.perf.timing import say as say_perf
+from methods import expand_method_names
+
 
 def say(message: str) -> None:
     say_perf(message, "cost")

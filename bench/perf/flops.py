@@ -16,6 +16,7 @@ from methods.lowrank_moe import LowRankMoE
 from methods.mxd import MixtureOfDecoders, MixtureOfDecodersGLU
 from methods.transcoder import SkipTranscoder, Transcoder
 
+
 @dataclass(frozen=True)
 class FlopTerm:
     """One product in a layer's forward: ``per_token`` FLOPs (multiply-add = 2) for each token.

@@ -16,8 +16,8 @@ import torch
 from bench import data as data_mod
 from bench.activations import lm_chunks, shuffled_batches
 from bench.config import preset_config
-from bench.models import LoadedModel, default_layer, layer_spec
 from bench.devices import synchronize
+from bench.models import LoadedModel, default_layer, layer_spec
 from bench.train import OptimiserSettings, build_cell, train_cells
 
 SMOKE = preset_config("smoke")  # context length, batch, budget, LR and buffer of `bench run`'s default
