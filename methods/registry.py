@@ -7,6 +7,7 @@ that calls ``register``.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.util
 import sys
 from dataclasses import dataclass, field
@@ -119,11 +120,17 @@ def load_entry_points() -> list[str]:
 
 
 def load_plugin(path: str | Path) -> None:
-    """Import a single Python file so that its ``@register`` calls run."""
+    """Import a single Python file so that its ``@register`` calls run.
+
+    Each file is its own module (named after its stem and a hash of its path), so two plugins
+    that share a file name both load; a method name that another file already registered is
+    refused, naming both files, instead of one silently replacing the other.
+    """
     path = Path(path).resolve()
     if not path.is_file():
         raise FileNotFoundError(f"plugin file {str(path)!r} does not exist")
-    module_name = f"mxbench_plugin_{path.stem}"
+    digest = hashlib.sha256(str(path).encode("utf-8")).hexdigest()[:12]
+    module_name = f"mxbench_plugin_{path.stem}_{digest}"
     loaded = sys.modules.get(module_name)
     if loaded is not None and Path(getattr(loaded, "__file__", "")).resolve() == path:
         return  # already imported: loading twice (e.g. once per cell) is a no-op
@@ -132,11 +139,27 @@ def load_plugin(path: str | Path) -> None:
         raise ImportError(f"cannot import plugin {str(path)!r}: not a Python file")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
+    registered = dict(_REGISTRY)
     try:
         spec.loader.exec_module(module)
+    except SyntaxError as error:
+        del sys.modules[module_name]
+        raise ValueError(f"plugin {path} has a syntax error at line {error.lineno}: {error.msg}") from None
+    except ValueError as error:
+        del sys.modules[module_name]
+        clash = [name for name in registered if f"method name {name!r} is already registered" in str(error)]
+        if clash:
+            raise ValueError(f"plugin {path} registers method {clash[0]!r}, which "
+                             f"{_source_file(registered[clash[0]].cls)} already registers; rename one of them") from None
+        raise
     except BaseException:
         del sys.modules[module_name]  # a failed import must not look loaded next time
         raise
+
+
+def _source_file(cls: type) -> str:
+    module = sys.modules.get(cls.__module__)
+    return str(getattr(module, "__file__", None) or cls.__module__)
 
 
 def _same_class(a: type, b: type) -> bool:

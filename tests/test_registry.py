@@ -5,6 +5,8 @@ and also run on the example plugin (``tests/plugins/dense_mlp_plugin.py``).
 """
 from __future__ import annotations
 
+import inspect
+import sys
 from importlib.metadata import EntryPoint
 from pathlib import Path
 
@@ -216,3 +218,44 @@ def test_parameter_table_at_gemma_shapes() -> None:
     rows = parameter_table(gemma, expansion=8, k=32)
     assert [row[0] for row in rows] == method_names()
     assert dict((name, n_params) for name, _, n_params, _ in rows)["tc"] == transcoder_budget(gemma, 8)
+
+
+def _plugin_file(folder: Path, method: str, class_name: str = "Foo", stem: str = "p") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{stem}.py"
+    path.write_text(
+        "from methods import register\nfrom methods.transcoder import Transcoder\n\n\n"
+        f"@register({method!r})\nclass {class_name}(Transcoder):\n    pass\n"
+    )
+    return path
+
+
+def test_two_plugin_files_with_one_stem_both_load(scratch_registry, tmp_path) -> None:
+    load_plugin(_plugin_file(tmp_path / "a", "foo"))
+    load_plugin(_plugin_file(tmp_path / "b", "bar"))
+    assert get_method("foo").cls is not get_method("bar").cls
+    assert {get_method(n).cls.__module__ for n in ("foo", "bar")} == {
+        m for m in sys.modules if m.startswith("mxbench_plugin_p_")}
+
+
+def test_a_method_name_registered_by_another_file_is_refused_naming_both(scratch_registry, tmp_path) -> None:
+    first = _plugin_file(tmp_path / "a", "foo")
+    load_plugin(first)
+    second = _plugin_file(tmp_path / "b", "foo")  # same stem, same class name, same method name
+    with pytest.raises(ValueError) as caught:
+        load_plugin(second)
+    assert str(caught.value) == (f"plugin {second} registers method 'foo', which {first} already registers; "
+                                 "rename one of them")
+    assert get_method("foo").cls.__module__ in sys.modules  # the first file's class is still the one registered
+    assert inspect.getsourcefile(get_method("foo").cls) == str(first)
+    with pytest.raises(ValueError, match=r"registers method 'tc', which .*methods/transcoder.py already registers"):
+        load_plugin(_plugin_file(tmp_path / "c", "tc", stem="q"))
+
+
+def test_a_plugin_with_a_syntax_error_is_one_line_naming_file_and_line(scratch_registry, tmp_path) -> None:
+    path = tmp_path / "broken.py"
+    path.write_text("from methods import register\n\ndef oops(:\n    pass\n")
+    with pytest.raises(ValueError) as caught:
+        load_plugin(path)
+    assert str(caught.value) == f"plugin {path} has a syntax error at line 3: invalid syntax"
+    assert not [m for m in sys.modules if m.startswith("mxbench_plugin_broken")]
