@@ -171,3 +171,20 @@ def test_bad_dataset_names_are_one_line_value_errors():
         probe_datasets.load_probe_dataset("missing/file.jsonl", 10)
     with pytest.raises(probe_datasets.ProbeDataError, match="at least 2|>= 2"):
         probe_datasets.load_probe_dataset("sentiment", 1)
+
+
+def test_probing_points_average_datasets_and_combine_their_standard_errors():
+    from bench.probing.summary import probing_points
+
+    def row(method, dataset, f1, se, k=16, probe_k=1):
+        return {"kind": "cell", "model": "m", "layer": 3, "method": method, "k": k, "n_units": 100,
+                "checkpoint": f"checkpoints/{method}", "delta_ce": 0.1, "delta_ce_stderr": 0.01,
+                "probe_dataset": dataset, "probe": "k-sparse", "probe_k": probe_k, "f1": f1, "f1_se": se}
+
+    rows = [row("tc", "a", 0.6, 0.03), row("tc", "b", 0.8, 0.04), row("tc", "a", 0.9, 0.01, probe_k=5),
+            row("mxd", "a", 0.5, 0.02)]  # mxd lacks dataset b: left out rather than averaged over fewer
+    points = probing_points(rows)
+    assert [p["method"] for p in points] == ["tc"]
+    assert points[0]["f1"] == pytest.approx(0.7)
+    assert points[0]["f1_se"] == pytest.approx(0.025)  # sqrt(0.03^2 + 0.04^2) / 2
+    assert probing_points(rows, datasets=["a"], probe_k=1)[1]["f1"] == pytest.approx(0.5)
