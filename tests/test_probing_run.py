@@ -105,3 +105,20 @@ def test_scores_are_numbers_the_table_can_print(tiny_run):
     table = format_probe_table(rows)
     assert "baseline:dense-probe" in table and "on-test*" in table and "tc" in table
     assert all(np.isfinite(r["f1"]) for r in rows)
+
+
+def test_the_probe_command_prints_a_table_and_refuses_bad_input(tiny_run, capsys):
+    import argparse
+
+    from bench.probing import add_probe_arguments, run_probe_command
+
+    parser = argparse.ArgumentParser()
+    add_probe_arguments(parser)
+    run_dir, data = tiny_run
+    args = parser.parse_args([str(run_dir), "--datasets", str(data), "--texts-per-class", "20", "--device", "cpu"])
+    assert run_probe_command(args) == 0
+    assert "baseline:mlp-neurons" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="--texts-per-class must be at least 2, got 1"):
+        run_probe_command(parser.parse_args([str(run_dir), "--texts-per-class", "1"]))
+    with pytest.raises(ValueError, match="not a run directory"):
+        run_probe_command(parser.parse_args([str(run_dir.parent)]))
