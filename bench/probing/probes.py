@@ -101,21 +101,23 @@ def probe_class(train: np.ndarray, train_positive: np.ndarray, test: np.ndarray,
     """k-sparse probes for each k, the train-chosen best unit and the test-chosen one (reference)."""
     out = ClassProbes()
     ranking = mean_difference_ranking(train, train_positive)
-    train_z, test_z = standardise(train, test)
+    # Only the top-ranked units are ever fitted: standardise just those columns.
+    shortlist = ranking[:min(max(top, *ks), train.shape[1])]
+    train_z, test_z = standardise(train[:, shortlist], test[:, shortlist])
     for k in ks:
-        units = ranking[:min(k, train.shape[1])]
-        probe = fit_sparse_probe(train_z[:, units], train_positive)
-        out.predictions[f"k-sparse:{k}"] = probe.predict(test_z[:, units]).astype(bool)
-        out.units[f"k-sparse:{k}"] = units.tolist()
-    candidates = ranking[:min(top, train.shape[1])]
+        columns = np.arange(min(k, len(shortlist)))
+        probe = fit_sparse_probe(train_z[:, columns], train_positive)
+        out.predictions[f"k-sparse:{k}"] = probe.predict(test_z[:, columns]).astype(bool)
+        out.units[f"k-sparse:{k}"] = shortlist[columns].tolist()
+    candidates = np.arange(min(top, len(shortlist)))
     slope, intercept = fit_logistic_1d(train_z[:, candidates], train_positive)
     train_f1 = f1_scores(train_positive[:, None], train_z[:, candidates] * slope + intercept > 0, axis=0)
     test_predictions = test_z[:, candidates] * slope + intercept > 0
     chosen = int(np.argmax(train_f1))  # first maximum: ties go to the higher-ranked unit
     out.predictions["best-unit"] = test_predictions[:, chosen]
-    out.units["best-unit"] = [int(candidates[chosen])]
+    out.units["best-unit"] = [int(shortlist[chosen])]
     out.predictions["best-unit-on-test"] = test_predictions  # [n_test, top]: chosen once test labels are known
-    out.units["best-unit-on-test"] = candidates.tolist()
+    out.units["best-unit-on-test"] = shortlist[candidates].tolist()
     return out
 
 
