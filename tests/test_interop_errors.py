@@ -5,7 +5,6 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from bench.interop import load_dictionary
 from tests.test_interop_fixtures import D, LAYER, saelens_cfg, site, weights, write_saelens, write_sparsify
@@ -132,10 +131,11 @@ def test_unusable_checkpoint_is_refused_in_one_line(tmp_path, name):
 
 
 def test_a_pickle_is_never_opened(tmp_path, monkeypatch):
-    """Refused by suffix before any reader runs: torch.load is never called."""
+    """Refused by suffix before any reader runs (torch.load is never called), even when the folder
+    around it holds a loadable dictionary: naming the pickle must not load its neighbour instead."""
     monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load was called"))
-    with pytest.raises(ValueError, match="pickle"):
-        load_dictionary(str(_pickle_file(tmp_path)), site())
-    save_file({"x": torch.zeros(1)}, str(tmp_path / "unused.safetensors"))  # a stray safetensors changes nothing
-    with pytest.raises(ValueError, match="pickle"):
-        load_dictionary(str(tmp_path / "sae.pt"), site())
+    directory = write_saelens(tmp_path / "d", saelens_cfg("jumprelu", TL_OUT), weights(threshold=True))
+    (directory / "sae_weights.pt").write_bytes(b"\x80\x04")
+    load_dictionary(str(directory), site())  # the folder itself loads (from its safetensors)
+    with pytest.raises(ValueError, match="refusing a pickle file"):
+        load_dictionary(str(directory / "sae_weights.pt"), site())

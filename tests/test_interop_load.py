@@ -164,6 +164,21 @@ def test_hub_reference_downloads_then_loads_like_a_local_folder(tmp_path, monkey
     assert all(p.startswith("mlp/L1/") and not p.endswith((".pt", ".bin")) for p in patterns)
 
 
+def test_bfloat16_weights_are_widened_before_any_fold(tmp_path):
+    """Folds are computed in float32 on the exactly widened bf16 weights (a fold in bf16 would lose ~3 digits)."""
+    w = {k: v.to(torch.bfloat16) for k, v in weights().items()}
+    w["W_dec"] = w["W_dec"] * torch.linspace(0.2, 3.0, N, dtype=torch.bfloat16)[:, None]
+    cfg = saelens_cfg("topk", TL_OUT, k=K, apply_b_dec_to_input=True, rescale_acts_by_decoder_norm=True, dtype="bfloat16")
+    loaded = load_dictionary(str(write_saelens(tmp_path / "d", cfg, w)), site())
+    w = {k: v.float() for k, v in w.items()}
+    norms = w["W_dec"].norm(dim=1)
+    x = inputs()
+    pre = ((x - w["b_dec"]) @ w["W_enc"] + w["b_enc"]) * norms
+    values, indices = pre.topk(K, dim=-1)
+    z = torch.zeros_like(pre).scatter(-1, indices, values.relu())
+    _check(loaded, x, (z / norms) @ w["W_dec"] + w["b_dec"], z)
+
+
 def test_a_loaded_dictionary_is_frozen_float32_and_reports_its_row_fields(tmp_path):
     w = {k: v.to(torch.bfloat16) for k, v in weights(threshold=True).items()}
     loaded = load_dictionary(str(write_saelens(tmp_path / "d", saelens_cfg("jumprelu", TL_OUT), w)), site())
