@@ -143,11 +143,20 @@ def test_written_dashboard_numbers_match_a_direct_computation(tiny_run):
         assert [t for t, _ in unit_blob["tokens"]["promoted"][:3]] == expected
 
 
-def test_default_dashboard_of_an_mxd_cell_explains_its_expert_direction(tiny_run):
+def test_default_dashboard_shows_the_8_most_frequent_experts_then_4_random_live_ones(tiny_run):
     path = write_dashboard(tiny_run, "mxd-k4", units=None, n_texts=4, device="cpu")
+    shown = [u["stats"]["unit"] for u in json.loads((path.parent / "units.json").read_text())["units"]]
+    row = find_cell(tiny_run, "mxd-4")
+    loaded = load_model(row["model"])
+    layer = methods.load_layer(tiny_run / row["checkpoint"])
+    ids = held_out(row, loaded.tokenizer, 4)
+    scored = (ids != loaded.tokenizer.bos_token_id).reshape(-1)
+    counts = (dense_codes(layer(mlp_inputs(loaded.model, LAYER, ids))[1], layer.n_units)[scored] > 0).sum(0)
+    assert len(shown) == 12 == len(set(shown)) and (counts > 0).sum() >= 12
+    assert sorted(counts[shown[:8]].tolist()) == sorted(counts.tolist())[-8:]
+    assert all(counts[u] > 0 for u in shown[8:])
     html = path.read_text()
-    assert html.count('<section class="unit"') >= 8  # 8 most frequent + up to 4 random live experts
-    assert "c_n alone is a per-dimension gain" in html
+    assert html.count('<section class="unit"') == 12 and "c_n alone is a per-dimension gain" in html
 
 
 def test_text_from_the_data_is_escaped():
@@ -179,3 +188,16 @@ def test_bad_cells_and_units_are_one_line_value_errors(tiny_run, tmp_path):
         write_dashboard(tiny_run, "tc-4", units=[1, 128], n_texts=2, device="cpu")
     with pytest.raises(ValueError, match="--n-texts must be a positive integer"):
         write_dashboard(tiny_run, "tc-4", units=None, n_texts=0, device="cpu")
+
+
+def test_command_functions_parse_and_write(tiny_run, capsys):
+    import argparse
+
+    from bench.inspect import add_inspect_arguments, run_inspect
+
+    parser = argparse.ArgumentParser()
+    add_inspect_arguments(parser)
+    args = parser.parse_args([str(tiny_run), "--cell", "tc-k4", "--units", "1,2", "--n-texts", "2", "--device", "cpu"])
+    assert run_inspect(args) == 0
+    assert "tc-4/index.html" in capsys.readouterr().err
+    assert 'id="unit-2"' in (tiny_run / "dashboards" / "tc-4" / "index.html").read_text()

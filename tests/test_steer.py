@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.models import layer_spec, mlp_module
+from bench.models import layer_spec, load_model, mlp_module
 from bench.splice import spliced
 from bench.steer import steer
 from bench.steer.hook import SteeredLayer, steer_codes
@@ -160,3 +160,27 @@ def test_bad_settings_are_value_errors(tiny_run):
         steer(tiny_run, "tc-4", [1], device="cpu", topp=0.5)
     with pytest.raises(ValueError, match="unit 500 does not exist"):
         steer(tiny_run, "tc-4", [500], device="cpu")
+
+
+def test_command_functions_parse_and_print(tiny_run, tiny_model_dir, capsys):
+    import argparse
+
+    from bench.steer import add_steer_arguments, run_steer
+
+    parser = argparse.ArgumentParser()
+    add_steer_arguments(parser)
+    args = parser.parse_args([str(tiny_run), "--cell", "tc-4", "--units", "4", "--samples", "2", "--new-tokens", "2",
+                              "--strength", "50", "--device", "cpu"])
+    assert (args.top_p, args.frequency_penalty, args.seed, args.prompt) == (0.1, 1.0, 42, "Let's talk about ")
+    assert run_steer(args) == 0
+    assert capsys.readouterr().out.startswith("unit 4: perplexity ")
+    entry = json.loads((tiny_run / "steering" / "tc-4.json").read_text())["units"]["4"]
+    assert entry["settings"]["strength"] == 50.0 and len(entry["samples"]) == 2
+    # A TC latent always writes along its decoder row, so steering promotes that row's tokens.
+    from bench.inspect.lens import direction_logits
+    from methods import load_layer
+
+    loaded = load_model(str(tiny_model_dir))
+    row_logits = direction_logits(loaded.model, load_layer(tiny_run / "checkpoints" / "tc-k4").decoder[4][None])[0]
+    assert entry["promoted_tokens"] == [loaded.tokenizer.decode([i])
+                                        for i in row_logits[:len(loaded.tokenizer)].topk(10).indices]

@@ -29,7 +29,8 @@ class DashboardPage:
 
 _CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:0 2rem 3rem;color:#1d1d1f;background:#fafafa}
-h1{font-size:1.4rem;margin:1.2rem 0 .3rem}h2{font-size:1.15rem;margin:0 0 .4rem}h3{font-size:.95rem;margin:.6rem 0 .3rem}
+h1{font-size:1.4rem;margin:1.2rem 0 .3rem}h2{font-size:1.15rem;margin:0 0 .4rem}
+h3{font-size:.95rem;margin:.6rem 0 .3rem}
 .meta{color:#555;margin:.2rem 0}.meta b{color:#1d1d1f}
 table.summary{border-collapse:collapse;margin:.8rem 0}table.summary td,table.summary th{padding:.2rem .6rem;
 border-bottom:1px solid #ddd;text-align:left}
@@ -112,8 +113,9 @@ def _histogram(stats: UnitStats, width: int = 320, height: int = 110) -> str:
     for i, count in enumerate(stats.histogram):
         h = plot_h * count / top
         lo, hi = stats.bin_edges[i], stats.bin_edges[i + 1]
-        bars.append(f'<rect class="bar" x="{i * bar_w:.1f}" y="{top_margin + plot_h - h:.1f}" width="{max(bar_w - 1, 1):.1f}" '
-                    f'height="{h:.1f}"><title>{lo:.3g} to {hi:.3g}: {count:,} token(s)</title></rect>')
+        bars.append(f'<rect class="bar" x="{i * bar_w:.1f}" y="{top_margin + plot_h - h:.1f}" '
+                    f'width="{max(bar_w - 1, 1):.1f}" height="{h:.1f}">'
+                    f'<title>{lo:.3g} to {hi:.3g}: {count:,} token(s)</title></rect>')
     return (f'<svg class="histogram" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
             f'role="img" aria-label="activation histogram">{"".join(bars)}'
             f'<text x="0" y="{height - 2}">0</text><text x="{width}" y="{height - 2}" text-anchor="end">'
@@ -126,11 +128,14 @@ def _lens(panel: UnitPanel) -> str:
         return f'<p class="na">n/a: {e(panel.lens_note)}</p>'
     if not panel.tokens.promoted:
         return '<p class="na">n/a: the unit never fired, so it wrote nothing to read</p>'
-    promoted = "".join(f'<li><span class="tokname">{_token_name(t)}</span> {s:+.2f}</li>' for t, s in panel.tokens.promoted)
-    suppressed = "".join(f'<li><span class="tokname">{_token_name(t)}</span> {s:+.2f}</li>'
-                         for t, s in panel.tokens.suppressed)
+    promoted = "".join(_scored_token(t, s) for t, s in panel.tokens.promoted)
+    suppressed = "".join(_scored_token(t, s) for t, s in panel.tokens.suppressed)
     return (f'<b>promoted</b><ol class="lens promoted">{promoted}</ol>'
             f'<b>suppressed</b><ol class="lens suppressed">{suppressed}</ol>')
+
+
+def _scored_token(text: str, score: float) -> str:
+    return f'<li><span class="tokname">{_token_name(text)}</span> {score:+.2f}</li>'
 
 
 def _token_name(text: str) -> str:

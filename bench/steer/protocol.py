@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from bench.activations import collect_mlp_io
 from bench.inspect.cells import LoadedCell, check_units, load_cell
 from bench.inspect.dashboard import separator_id
 from bench.inspect.decode import unit_output_sums
@@ -77,13 +78,13 @@ def _scored_samples(cell: LoadedCell, replacement, settings: SteeringSettings, p
 
 
 @torch.no_grad()
-def steering_direction(cell: LoadedCell, unit: int, sequences: torch.Tensor) -> torch.Tensor:
-    """The mean of what steering added (one unit code of 1) over the generated sequences' positions: [1, d]."""
-    from bench.activations import collect_mlp_io
-
+def steering_direction(cell: LoadedCell, unit: int, sequences: torch.Tensor, prompt_length: int) -> torch.Tensor:
+    """What steering added per unit of code, averaged over the generated positions: [1, d]."""
     x, y = collect_mlp_io(cell.lm.model, cell.layer_index, sequences)
-    source = (y if cell.layer.input_site == "mlp_output" else x).to(cell.device)
-    return unit_output_sums(cell.layer, source, [unit], torch.ones(len(source), 1, device=cell.device)).cpu() / len(source)
+    source = (y if cell.layer.input_site == "mlp_output" else x).reshape(*sequences.shape, -1)
+    source = source[:, prompt_length:].reshape(-1, source.shape[-1]).to(cell.device)
+    ones = torch.ones(len(source), 1, device=cell.device)
+    return unit_output_sums(cell.layer, source, [unit], ones).cpu() / len(source)
 
 
 def steer_cell(cell: LoadedCell, units: list[int], settings: SteeringSettings, judge: Judge | None = None) -> dict:
@@ -96,7 +97,8 @@ def steer_cell(cell: LoadedCell, units: list[int], settings: SteeringSettings, j
         sequences, entry = _scored_samples(cell, steered, settings, prompt, judge)
         fraction = firing_fraction(cell.lm.model, cell.layer_index, cell.layer, unit, sequences, len(prompt))
         base_fraction = firing_fraction(cell.lm.model, cell.layer_index, cell.layer, unit, base_sequences, len(prompt))
-        promoted = top_tokens(cell.lm.model, cell.lm.tokenizer, steering_direction(cell, unit, sequences))[0]
+        direction = steering_direction(cell, unit, sequences, len(prompt))
+        promoted = top_tokens(cell.lm.model, cell.lm.tokenizer, direction)[0]
         proxy = coherence_proxy(fraction, base_fraction)
         entry.update({
             "coherence": entry["judge"]["coherence"] if judge else proxy,
