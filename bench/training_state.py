@@ -44,9 +44,11 @@ def cell_dir_name(cell: Cell) -> str:
 
 
 def save_training_state(directory: Path, cells: list[Cell], tokens_served: int, tokens_drawn: int,
-                        settings_key: dict[str, Any]) -> None:
+                        settings_key: dict[str, Any], training_done: bool = False) -> None:
     """Write every cell's state as a new snapshot, then the progress file that makes it the valid one.
 
+    A cell's state is its layer plus AdamW's two moments, three times the layer; with
+    ``training_done`` (no step will follow) the moments are left out, a third of the size.
     Raises StateNotSaved (an OSError, with the original errno) when a file cannot be written; the
     new snapshot's files are removed then, and the previous snapshot is untouched.
     """
@@ -55,7 +57,7 @@ def save_training_state(directory: Path, cells: list[Cell], tokens_served: int, 
         directory.mkdir(parents=True, exist_ok=True)
         checksums: dict[str, str] = {}
         for cell in cells:
-            checksums.update(_save_cell(directory, cell, snapshot))
+            checksums.update(_save_cell(directory, cell, snapshot, with_moments=not training_done))
         progress = {"snapshot": snapshot, "tokens_served": tokens_served, "tokens_drawn": tokens_drawn,
                     "cells": sorted(cell_dir_name(c) for c in cells), "settings": settings_key,
                     "checksums": checksums}
@@ -68,13 +70,13 @@ def save_training_state(directory: Path, cells: list[Cell], tokens_served: int, 
     _remove_snapshot_files(directory, lambda name: not name.startswith(f"state-{snapshot}."))
 
 
-def _save_cell(directory: Path, cell: Cell, snapshot: str) -> dict[str, str]:
-    """Write one cell's layer, AdamW moments and scalars; returns {relative path: sha256}."""
+def _save_cell(directory: Path, cell: Cell, snapshot: str, with_moments: bool) -> dict[str, str]:
+    """Write one cell's layer, AdamW moments (if asked) and scalars; returns {relative path: sha256}."""
     cell_dir = directory / cell_dir_name(cell)
     cell_dir.mkdir(exist_ok=True)
     tensors = {f"layer.{k}": v.detach().contiguous().cpu() for k, v in cell.layer.state_dict().items()}
     optimiser = cell.optimiser.state_dict()
-    for index, state in optimiser["state"].items():
+    for index, state in (optimiser["state"] if with_moments else {}).items():
         for key, value in state.items():
             tensors[f"optim.{index}.{key}"] = torch.as_tensor(value).detach().contiguous().cpu()
     scalars = {"steps": cell.steps, "tokens": cell.tokens, "train_time_s": cell.train_time_s,

@@ -180,3 +180,20 @@ def test_a_full_disk_keeps_the_previous_snapshot_and_says_so(tmp_path, monkeypat
         for cell, params in zip(resumed, kept):
             for name, p in cell.layer.named_parameters():
                 torch.testing.assert_close(p, params[name], rtol=0, atol=0)
+
+
+def test_a_save_after_the_last_step_holds_only_the_layers(tmp_path):
+    from safetensors.torch import load_file
+
+    cells = _trained_and_saved(tmp_path)
+    trained = _snapshot(cells)
+    save_training_state(tmp_path, cells, 64, 64, KEY, training_done=True)
+    snapshot = _snapshot_ids(tmp_path).pop()
+    saved = load_file(str(tmp_path / "tc-k4" / f"{snapshot}.safetensors"))
+    assert sum(t.numel() for t in saved.values()) == sum(t.numel() for t in cells[0].layer.state_dict().values())
+    resumed = _cells()
+    restore_cells(tmp_path, resumed, load_progress(tmp_path, resumed, KEY))
+    for cell, params in zip(resumed, trained):
+        assert cell.steps == 1 and cell.optimiser.state_dict()["state"] == {}
+        for name, p in cell.layer.named_parameters():
+            torch.testing.assert_close(p, params[name], rtol=0, atol=0)
