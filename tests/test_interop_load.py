@@ -45,7 +45,8 @@ def test_saelens_dictionary_computes_its_equation(tmp_path, architecture, hooks,
     x = inputs()
     _check(loaded, x, hand_output(x, w, activation, centre=centre), hand_codes(x, w, activation, centre=centre))
     assert loaded.layer.input_site == ("mlp_output" if sae else "mlp_input")
-    assert loaded.method == f"saelens:{architecture}" and loaded.d_sae == N
+    suffix = "-transcoder" if not sae and "transcoder" not in architecture else ""  # a topk SAE used as a TC
+    assert loaded.method == f"saelens:{architecture}{suffix}" and loaded.d_sae == N
     assert loaded.k == (K if activation == "topk" else None)
 
 

@@ -37,8 +37,11 @@ class Loaded:
 
     @property
     def method(self) -> str:
-        """The row's method name, e.g. ``saelens:topk``, ``sparsify:topk-transcoder``, ``mxbench:mxd``."""
-        return f"{_PREFIX[self.format]}:{self.architecture}"
+        """The row's method name, e.g. ``saelens:jumprelu``, ``sparsify:topk-transcoder``, ``mxbench:mxd``; a
+        SAELens SAE architecture used as a transcoder (our TC exports) says so: ``saelens:topk-transcoder``."""
+        transcoder = self.format == "sae-lens" and "transcoder" not in self.architecture \
+            and self.layer.input_site == "mlp_input"
+        return f"{_PREFIX[self.format]}:{self.architecture}{'-transcoder' if transcoder else ''}"
 
     def row_fields(self) -> dict[str, Any]:
         """What a result row takes from the dictionary (the evaluation adds the metrics)."""
