@@ -3,57 +3,88 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from bench.data import EMBEDDED_CORPUS
+from bench.devices import DTYPES, PRECISIONS
 from bench.models import EMBEDDED_MODEL
+
+
+PRESET_NAMES = ("smoke", "paper")  # PRESETS below holds their settings
+
+
+def setting(default: Any = None, help: str = "", flag: str | None = None, choices: tuple | None = None,
+            factory: Callable[[], Any] | None = None) -> Any:
+    """A RunConfig field with what its command-line flag needs: the flags are generated from these
+    (``bench/config_flags.py``), so a setting and its flag cannot drift apart."""
+    metadata = {"help": help, "flag": flag, "choices": choices}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
 class RunConfig:
-    methods: list[str] = field(default_factory=lambda: ["all"])
-    model: str = EMBEDDED_MODEL
-    layer: int | None = None  # None: the middle layer
-    ks: list[int] = field(default_factory=lambda: [16, 64])
-    expansion: int = 8  # budget: a TC of width expansion * d_model
-    dataset: str = EMBEDDED_CORPUS
-    train_tokens: int = 2**16
-    eval_tokens: int = 2**14  # NMSE / L0 / dead units
-    ce_tokens: int = 2**12  # spliced CE (contexts of context_length)
-    context_length: int = 128
-    batch_size: int = 512  # tokens per optimiser step
-    lm_batch_size: int = 32  # contexts per LM forward while collecting
-    ce_batch_size: int = 4  # contexts per LM forward while evaluating CE (bounds logits memory)
-    buffer_tokens: int = 2**15
-    lr: float = 1e-3
-    warmup_steps: int = 20
-    seed: int = 0
-    checkpoint_minutes: float = 10.0  # training state is saved this often (and when training ends)
-    device: str = "auto"
-    dtype: str = "auto"  # the LM's dtype: bf16 on GPU, fp32 on CPU
-    precision: str = "auto"  # sparse layers' compute: bf16 autocast on GPU (fp32 master weights), fp32 on CPU
-    compile: bool = False  # torch.compile each sparse layer's forward
-    trust_remote_code: bool = False  # run a hub model's own Python code (only for models you trust)
-    tasks: str | None = None  # lm-eval tasks scored with each layer spliced in: "default" or names
-    task_limit: int | None = None  # at most this many examples per task
-    activation_cache: str | None = None  # directory of reusable training activations (off by default)
-    activation_cache_dtype: str = "fp32"  # fp32 or bf16 (half the disk, rounded activations)
-    memory_budget_gb: float | None = None  # None: free device memory; cells beyond it train in groups
-    wandb: bool = False  # also log to Weights & Biases (needs `pip install wandb`)
-    preset: str = "smoke"
-    results_dir: str = "results"
-    run_name: str | None = None
+    """Every setting of one run (one model and layer); presets fill in what is not given."""
+
+    methods: list[str] = setting(factory=lambda: ["all"], help="comma-separated method names, or 'all' (see `bench methods`)")
+    model: str = setting(EMBEDDED_MODEL, "alias (gemma-3-270m, gpt2, gemma-2b, ...), hub id or local dir")
+    layer: int | None = setting(None, "layer index (default: the middle layer)")
+    ks: list[int] = setting(factory=lambda: [16, 64], help="comma-separated K values", flag="--k")
+    expansion: int = setting(8, "parameter budget: every method matches a TC of width expansion*d")
+    dataset: str = setting(EMBEDDED_CORPUS, "wiki-offline, a hub dataset name, or a local .jsonl/.txt path")
+    train_tokens: int = setting(2**16, "training tokens per cell", flag="--tokens")
+    eval_tokens: int = setting(2**14, "held-out tokens for NMSE, L0 and dead units")
+    ce_tokens: int = setting(2**12, "held-out tokens for spliced CE (contexts of --context-length)")
+    context_length: int = setting(128, "tokens per context (training, NMSE and CE)")
+    batch_size: int = setting(512, "tokens per optimiser step")
+    lm_batch_size: int = setting(32, "contexts per LM forward while collecting activations")
+    ce_batch_size: int = setting(4, "contexts per LM forward while evaluating CE (bounds the logits' memory)")
+    buffer_tokens: int = setting(2**15, "activation rows in the shuffle buffer")
+    lr: float = setting(1e-3, "AdamW learning rate (after warm-up; constant)")
+    warmup_steps: int = setting(20, "linear learning-rate warm-up steps")
+    seed: int = setting(0, "seed of every cell's initialisation and of the data shuffle")
+    checkpoint_minutes: float = setting(10.0, "save training state this often so an interrupted run resumes")
+    device: str = setting("auto", "auto (CUDA when torch sees a GPU), cpu, cuda or cuda:N")
+    dtype: str = setting("auto", "the LM's dtype (auto: bf16 on GPU, fp32 on CPU)", choices=DTYPES)
+    precision: str = setting("auto", "sparse layers' compute (auto: bf16 autocast with fp32 master weights on GPU, "
+                                     "fp32 on CPU)", choices=PRECISIONS)
+    compile: bool = setting(False, "torch.compile each sparse layer's forward")
+    trust_remote_code: bool = setting(False, "allow a hub model's own Python code to run (only for models you trust)")
+    tasks: str | None = setting(None, "lm-eval task accuracy with each layer spliced in: 'default' (offline, "
+                                      "shipped) or task names")
+    task_limit: int | None = setting(None, "at most this many examples per task")
+    activation_cache: str | None = setting(None, "store the training activations in this directory and reuse them "
+                                                 "in later runs (checked, never stale)")
+    activation_cache_dtype: str = setting("fp32", "storage dtype of the activation cache", choices=("fp32", "bf16"))
+    memory_budget_gb: float | None = setting(None, "memory the sparse layers may use together (default: what the "
+                                                   "device has free); cells beyond it train in groups, one LM pass each")
+    wandb: bool = setting(False, "also log losses and metrics to Weights & Biases (needs `pip install wandb`)")
+    preset: str = setting("smoke", "fills in every setting not given: smoke (minutes on a CPU) or "
+                                    "paper (the reference budget; see docs/PROTOCOL.md)", choices=tuple(PRESET_NAMES))
+    results_dir: str = setting("results", "where run directories go; on a cluster, a path every node sees or a URL "
+                                          "(s3://, gs://, ...)")
+    run_name: str | None = setting(None, "the run directory's name (default: <model>-<preset>)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def run_name_or_default(self) -> str:
+        """The run directory's name: ``--run-name``, else ``<model>-<preset>``."""
+        if self.run_name:
+            return self.run_name
+        model = Path(self.model).name if Path(self.model).exists() else self.model.replace("/", "_")
+        return f"{model}-{self.preset}"
 
-PRESETS: dict[str, dict] = {
+
+PRESETS: dict[str, dict] = {  # keys: PRESET_NAMES
     # Minutes on a laptop CPU: the embedded Gemma, a small budget, two K values.
     "smoke": {},
-    # PAPER.md's reference setup, for GPU users with hub access.
+    # the MxD paper's reference setup, for GPU users with hub access.
     "paper": dict(
         ks=[16, 32, 64, 128, 256], expansion=32, dataset="Skylion007/openwebtext",
         train_tokens=480_000_000, eval_tokens=2**20, ce_tokens=3_276_800, batch_size=4096,
@@ -126,3 +157,19 @@ def sweep_configs(runs: list[dict[str, Any]], preset: str | None = None,
         configs.append(preset_config(chosen, **{**settings, **{k: v for k, v in (overrides or {}).items()
                                                                if v is not None}}))
     return configs
+
+
+def flag_name(name: str) -> str:
+    """The command-line flag of RunConfig field ``name`` (``train_tokens`` -> ``--tokens``)."""
+    metadata = {f.name: f.metadata for f in dataclasses.fields(RunConfig)}[name]
+    return metadata.get("flag") or "--" + name.replace("_", "-")
+
+
+def setting_types() -> dict[str, tuple[Any, bool]]:
+    """Each RunConfig field's type without ``| None``, and whether None is allowed."""
+    out = {}
+    for name, hint in typing.get_type_hints(RunConfig).items():
+        args = typing.get_args(hint)
+        optional = typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args
+        out[name] = ([a for a in args if a is not type(None)][0] if optional else hint, optional)
+    return out

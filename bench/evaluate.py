@@ -1,4 +1,5 @@
-"""Trained cells -> metrics on held-out tokens: NMSE, L0, dead units, and spliced CE.
+"""Trained cells -> metrics on held-out tokens: NMSE, L0, dead units, cosine similarity, spliced CE
+and KL(clean || spliced).
 
 CE evaluation caches the residual stream entering layer L once (the output of block L-1 for
 each eval batch); every cell then runs only blocks L.. and the head (``replayed_prefix``).
@@ -21,6 +22,8 @@ from methods.base import SparseLayer
 @dataclass
 class Reconstruction:
     nmse: float
+    fve: float  # fraction of variance explained, 1 - NMSE
+    cosine: float  # mean over tokens of cos(y_hat, y)
     l0: float
     dead_units: int
     dead_fraction: float
@@ -31,23 +34,31 @@ def reconstruction_metrics(layer: SparseLayer, x: torch.Tensor, y: torch.Tensor,
     """NMSE = sum ||y_hat - y||^2 / sum ||y - mean(y)||^2 over all tokens; L0 = mean non-zero codes;
     a unit is dead if it is never active on these tokens."""
     device = next(layer.parameters()).device
-    squared_error, l0_total = 0.0, 0.0
+    squared_error, l0_total, cosine_total = 0.0, 0.0, 0.0
     active = torch.zeros(layer.n_units, dtype=torch.bool, device=device)
     source_all = y if layer.input_site == "mlp_output" else x
     for source, target in zip(source_all.split(batch_size), y.split(batch_size)):
         source, target = source.to(device), target.to(device)
         estimate, codes = layer(source)
         squared_error += (estimate - target).pow(2).sum().item()
+        cosine_total += torch.nn.functional.cosine_similarity(estimate.float(), target.float(), dim=-1).sum().item()
         live = codes.values != 0
         l0_total += live.sum().item()
         active[codes.indices[live]] = True
     variance = (y - y.mean(dim=0, keepdim=True)).pow(2).sum().item()
     dead = int((~active).sum().item())
-    return Reconstruction(squared_error / max(variance, 1e-12), l0_total / len(y), dead, dead / layer.n_units)
+    nmse = squared_error / max(variance, 1e-12)
+    return Reconstruction(nmse, 1.0 - nmse, cosine_total / len(y), l0_total / len(y), dead, dead / layer.n_units)
 
 
 class CrossEntropyEvaluator:
-    """Next-token CE of the LM on fixed eval contexts with layer L's MLP replaced (or not)."""
+    """Next-token CE of the LM on fixed eval contexts with layer L's MLP replaced (or not), and the
+    KL divergence of the replaced model's next-token distribution from the clean model's.
+
+    ``capture_clean()`` runs the clean model once and keeps the input of its output head (the final
+    hidden states: small), so every later ``score`` recomputes the clean logits with one head
+    product instead of storing [tokens x vocabulary] log-probabilities.
+    """
 
     def __init__(self, model: nn.Module, layer: int, contexts: torch.Tensor, batch_size: int = 4,
                  on_batch: Callable[[int], None] | None = None) -> None:
@@ -57,22 +68,73 @@ class CrossEntropyEvaluator:
         # Block L-1's output for each batch: every later evaluation starts at block L.
         self.prefix = [capture_block_output(model, layer - 1, b) for b in self.batches] if layer > 0 else None
         self._on_batch = on_batch
+        self.clean_head_inputs: list[torch.Tensor] | None = None
+
+    def nbytes(self) -> int:
+        """Memory held for the whole run: the eval batches, the cached residual stream, the clean
+        model's final hidden states."""
+        tensors = list(self.batches) + list(self.clean_head_inputs or [])
+        for output in self.prefix or []:
+            tensors += [output] if isinstance(output, torch.Tensor) else [t for t in output if isinstance(t, torch.Tensor)]
+        return sum(t.nbytes for t in tensors)
+
+    def _logits(self, i: int, batch: torch.Tensor) -> torch.Tensor:
+        if self.prefix is None:
+            return self.model(input_ids=batch, use_cache=False).logits
+        with replayed_prefix(self.model, self.layer, self.prefix[i]):
+            return self.model(input_ids=batch, use_cache=False).logits
+
+    @torch.no_grad()
+    def capture_clean(self) -> torch.Tensor:
+        """Per-sequence CE of the clean model; keeps its final hidden states for ``score``'s KL."""
+        head = self.model.get_output_embeddings()
+        captured: list[torch.Tensor] = []
+        handle = head.register_forward_pre_hook(lambda module, args: captured.append(args[0].detach()))
+        try:
+            ce = self.per_sequence_ce(None)
+        finally:
+            handle.remove()
+        self.clean_head_inputs = captured
+        return ce
+
+    def _clean_logits(self, i: int) -> torch.Tensor:
+        """The clean model's logits of batch i from its cached final hidden states (as the causal-LM
+        forward computes them: the head, then Gemma 2's soft-capping where the config sets it)."""
+        logits = self.model.get_output_embeddings()(self.clean_head_inputs[i])
+        cap = getattr(self.model.config, "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
 
     @torch.no_grad()
     def per_sequence_ce(self, replacement: nn.Module | None) -> torch.Tensor:
         """Mean CE of each context (float64, [n_contexts]) with the MLP replaced by ``replacement``."""
-        out = []
+        return self.score(replacement, kl=False)["ce"]
+
+    @torch.no_grad()
+    def score(self, replacement: nn.Module | None, kl: bool = True) -> dict[str, torch.Tensor]:
+        """Per-context means (float64, [n_contexts]) of next-token CE and, once the clean model was
+        captured, of KL(clean || replaced) in nats, computed in fp32 from log-softmaxes."""
+        ce, divergence = [], []
+        kl = kl and self.clean_head_inputs is not None
         with replaced_mlp(self.model, self.layer, replacement):
             for i, batch in enumerate(self.batches):
-                if self.prefix is None:
-                    logits = self.model(input_ids=batch, use_cache=False).logits
-                else:
-                    with replayed_prefix(self.model, self.layer, self.prefix[i]):
-                        logits = self.model(input_ids=batch, use_cache=False).logits
-                out.append(next_token_losses(logits, batch).mean(dim=1).double().cpu())
+                logits = self._logits(i, batch)
+                ce.append(next_token_losses(logits, batch).mean(dim=1).double().cpu())
+                if kl:
+                    divergence.append(next_token_kl(self._clean_logits(i), logits).mean(dim=1).double().cpu())
                 if self._on_batch:
                     self._on_batch(batch.numel())
-        return torch.cat(out)
+        out = {"ce": torch.cat(ce)}
+        if kl:
+            out["kl"] = torch.cat(divergence)
+        return out
+
+
+def next_token_kl(clean_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """KL(P_clean || P) per predicted position [batch, T-1], in nats: sum_v p_v (log p_v - log q_v),
+    from fp32 log-softmaxes (no exp of a difference of logs, so no overflow or 0 * inf)."""
+    log_p = torch.log_softmax(clean_logits[:, :-1].float(), dim=-1)
+    log_q = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    return (log_p.exp() * (log_p - log_q)).sum(dim=-1)
 
 
 def next_token_losses(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
@@ -93,11 +155,15 @@ class CrossEntropyComparison:
     ce_recovered: float
 
 
+def paired_stderr(values: torch.Tensor) -> float:
+    """Standard error of the mean of per-sequence values (nan for fewer than two sequences)."""
+    return values.std(unbiased=True).item() / math.sqrt(len(values)) if len(values) > 1 else math.nan
+
+
 def compare_ce(clean: torch.Tensor, spliced: torch.Tensor, zero: torch.Tensor) -> CrossEntropyComparison:
     """CE means, the spliced-minus-clean difference with its paired stderr, and
     fraction recovered = (CE_zero - CE_spliced) / (CE_zero - CE_clean)."""
-    diff = spliced - clean
-    stderr = diff.std(unbiased=True).item() / math.sqrt(len(diff)) if len(diff) > 1 else math.nan
+    stderr = paired_stderr(spliced - clean)
     ce_clean, ce_spliced, ce_zero = clean.mean().item(), spliced.mean().item(), zero.mean().item()
     gap = ce_zero - ce_clean
     recovered = (ce_zero - ce_spliced) / gap if abs(gap) > 1e-12 else math.nan

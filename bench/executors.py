@@ -57,9 +57,7 @@ def group_by_run_dir(configs: list[RunConfig]) -> list[list[RunConfig]]:
 
 def run_location(cfg: RunConfig) -> str:
     """The run directory, as a URL or an absolute path."""
-    from bench.harness import default_run_name
-
-    name = cfg.run_name or default_run_name(cfg)
+    name = cfg.run_name_or_default()
     return f"{cfg.results_dir.rstrip('/')}/{name}" if storage.is_url(cfg.results_dir) else str(
         Path(cfg.results_dir).resolve() / name)
 
@@ -86,11 +84,11 @@ def run_config(cfg: RunConfig, lock_wait_s: float = 0.0) -> list[dict]:
 
 
 def _run_once(cfg: RunConfig) -> list[dict]:
-    from bench.harness import default_run_name, run_benchmark
+    from bench.harness import run_benchmark
 
     if not storage.is_url(cfg.results_dir):
         return run_benchmark(cfg)
-    with storage.mirrored(cfg, cfg.run_name or default_run_name(cfg)) as (local_cfg, push):
+    with storage.mirrored(cfg, cfg.run_name_or_default()) as (local_cfg, push):
         return run_benchmark(local_cfg, on_saved=push)  # uploads after each checkpoint and row
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 import methods
+from bench.logs import note
 from methods.base import LayerSpec
 
 BYTES_PER_PARAM = 4 * 4  # fp32 weight, gradient and AdamW's two moments
@@ -58,3 +59,18 @@ def plan_groups(cells: list[tuple[str, int]], sizes: dict[tuple[str, int], int],
             loads.append(sizes[cell])
     order = {cell: i for i, cell in enumerate(cells)}
     return [sorted(group, key=order.__getitem__) for group in groups]
+
+
+def plan_cell_groups(cells: list[tuple[str, int]], spec: LayerSpec, expansion: int, batch_size: int,
+                     budget: int, device: torch.device) -> list[list[tuple[str, int]]]:
+    """Cells that fit together train together; say so when they do not all fit.
+
+    ``budget`` is measured after the eval tensors exist, so it already leaves room for them.
+    """
+    sizes = {(m, k): cell_bytes(m, spec, k, expansion, batch_size) for m, k in cells}
+    groups = plan_groups(cells, sizes, budget)
+    if len(groups) > 1:
+        note(f"the {len(cells)} cells need about {sum(sizes.values()) / 2**30:.1f} GiB together, more than the "
+             f"{budget / 2**30:.1f} GiB budget on {device}: training them in {len(groups)} groups "
+             f"(one LM pass over the training data each)")
+    return groups

@@ -56,3 +56,9 @@ class MetricsSink:
         if self._run is not None:
             self._run.finish()
             self._run = None
+
+
+def progress(description: str, total: int) -> tqdm:
+    """A progress bar on stderr: tokens (scaled, k/M) for big totals, items for small ones."""
+    return tqdm(total=total, desc=description, unit="tok" if total > 1000 else "it", unit_scale=True,
+                dynamic_ncols=True, leave=True)

@@ -1,15 +1,16 @@
 """Figures regenerated from stored results alone: cells.jsonl in, PNG + PDF out, no model touched.
 
-Per (model, layer): CE with the layer spliced vs K (the paper's main figure), NMSE vs K, the
+Per (model, layer): CE with the layer spliced vs K (the paper's main figure), each metric
+``bench.metrics`` marks for figures vs K (NMSE, ...), the
 Pareto frontier of CE increase vs L0 and vs parameter count, task accuracy vs K; plus one
 overview grid of delta CE vs K over every model/layer. Anything a run did not record is skipped,
 never guessed, so partial or in-progress runs still plot.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
+from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -24,135 +25,14 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullLocator  # noqa: E402
 
+from bench.figure_names import OVERVIEW_STEM, figure_stem  # noqa: E402
+from bench.metrics import FIGURE, MetricSpec, shown_in  # noqa: E402
+from bench.results_frame import load_results, ordered_methods, task_metrics  # noqa: E402
 from bench.style import (  # noqa: E402
-    RC, MethodStyle, figure_legend, k_axis, legend_right, log_y_if_wide, method_styles, ordered_methods, pad_y,
-    sanitize, save_figure,
+    RC, MethodStyle, figure_legend, k_axis, legend_right, log_y_if_wide, method_styles, pad_y, save_figure,
 )
 
 log = logging.getLogger(__name__)
-
-REQUIRED = ("model", "layer", "method", "k")
-TASK_GROUPS = ("tasks", "tasks_clean", "tasks_zero")  # flattened to "<group>.<task>.<metric>"
-NUMERIC = (
-    "n_params", "n_units", "nmse", "l0", "dead_units", "dead_fraction", "ce_clean", "ce_spliced",
-    "ce_zero", "delta_ce", "delta_ce_stderr", "ce_recovered", "train_tokens", "eval_tokens",
-    "ce_tokens", "seed", "lr", "batch_size", "context_length", "train_time_s", "eval_time_s",
-)
-VARIANT_KEYS = ("expansion", "train_tokens", "seed", "dataset")  # harness cell-key fields beyond REQUIRED
-PRIMARY_METRICS = ("acc", "acc_norm", "exact_match", "f1")  # which task metric a figure shows
-FIGURE_KINDS = ("ce_vs_k", "nmse_vs_k", "pareto", "tasks_vs_k")
-OVERVIEW_STEM = "overview_delta_ce_vs_k"
-
-
-# ----------------------------------------------------------------------------- loading
-
-def _cells_file(path: Path) -> Path:
-    path = Path(path)
-    target = path / "cells.jsonl" if path.is_dir() else path
-    if not target.is_file():
-        raise FileNotFoundError(f"{target}: no such results file (expected a run directory or cells.jsonl)")
-    return target
-
-
-def _flatten(row: dict) -> dict:
-    """Nested task scores and versions become flat columns; every other key is kept as is."""
-    flat = {key: value for key, value in row.items() if key not in TASK_GROUPS and key != "versions"}
-    for group in TASK_GROUPS:
-        tasks = row.get(group)
-        for task, metrics in (tasks.items() if isinstance(tasks, dict) else ()):
-            for metric, value in (metrics.items() if isinstance(metrics, dict) else ()):
-                flat[f"{group}.{task}.{metric}"] = value
-    versions = row.get("versions")
-    for name, value in (versions.items() if isinstance(versions, dict) else ()):
-        flat[f"versions.{name}"] = value
-    return flat
-
-
-def _read_one(path: Path) -> pd.DataFrame:
-    rows = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            row = err.msg
-        if not isinstance(row, dict):  # skipped like bench.results does: one bad line must not hide a run
-            log.warning("%s:%d: skipped, not a JSON object (%s)", path, lineno, row)
-            continue
-        rows.append(_flatten(row))
-    if not rows:
-        raise ValueError(f"{path}: holds no result rows")
-    frame = pd.DataFrame(rows)
-    for column in REQUIRED:
-        if column not in frame.columns:
-            raise ValueError(f"{path}: required column {column!r} is missing")
-        if frame[column].isna().any():
-            raise ValueError(f"{path}: required column {column!r} is empty in some rows")
-    for column in ("layer", "k"):
-        values = pd.to_numeric(frame[column], errors="coerce")
-        if values.isna().any() or (values % 1 != 0).any():
-            raise ValueError(f"{path}: required column {column!r} must hold integers")
-        frame[column] = values.astype(int)
-    frame["model"] = frame["model"].astype(str)
-    frame["method"] = frame["method"].astype(str)
-    frame["source_file"] = str(path)
-    return frame
-
-
-def read_cells(paths: Sequence[Path] | Path) -> pd.DataFrame:
-    """Every row of every file, failed ones included, in file order (the report needs the failures)."""
-    if isinstance(paths, (str, Path)):
-        paths = [Path(paths)]
-    if not paths:
-        raise ValueError("no results files given")
-    frame = pd.concat([_read_one(_cells_file(Path(p))) for p in paths], ignore_index=True, sort=False)
-    if "status" not in frame.columns:
-        frame["status"] = "ok"  # a row without a status recorded metrics, so count it
-    frame["status"] = frame["status"].fillna("ok").astype(str)
-    for column in [c for c in frame.columns if c in NUMERIC or c.startswith(TASK_GROUPS)]:
-        frame[column] = pd.to_numeric(frame[column], errors="coerce")
-    if {"ce_spliced", "ce_clean"} <= set(frame.columns):  # derive what the writer left out
-        derived = frame["ce_spliced"] - frame["ce_clean"]
-        frame["delta_ce"] = frame["delta_ce"].fillna(derived) if "delta_ce" in frame else derived
-        if "ce_zero" in frame.columns:
-            recovered = (frame["ce_zero"] - frame["ce_spliced"]) / (frame["ce_zero"] - frame["ce_clean"])
-            frame["ce_recovered"] = frame.get("ce_recovered", recovered).fillna(recovered)
-    return frame.copy()  # one block per dtype again after the column-by-column conversions
-
-
-def load_results(paths: Sequence[Path] | Path) -> pd.DataFrame:
-    """The plottable rows: status "ok" only, and for a cell stored twice the later row wins."""
-    frame = read_cells(paths)
-    numeric = frame.select_dtypes("number").columns
-    frame[numeric] = frame[numeric].replace([np.inf, -np.inf], np.nan)  # a diverged cell has no place on an axis
-    ok = frame[frame["status"] == "ok"]
-    repeated = ok[ok.duplicated(subset=list(REQUIRED), keep=False)]
-    keys = [repeated[k] for k in REQUIRED]
-    varied = [c for c in VARIANT_KEYS
-              if c in repeated.columns and repeated[c].astype(str).groupby(keys).nunique().gt(1).any()]
-    if varied:  # e.g. two runs with different seeds combined: only the last of each cell is plotted
-        log.warning("cells repeated with different %s; keeping the last row of each", ", ".join(varied))
-    return ok.drop_duplicates(subset=list(REQUIRED), keep="last").reset_index(drop=True)
-
-
-def task_metrics(frame: pd.DataFrame) -> list[tuple[str, str]]:
-    """(task, metric) pairs with any spliced score in ``frame``: one metric per task, acc preferred."""
-    found: dict[str, list[str]] = {}
-    for column in frame.columns:
-        if column.startswith("tasks.") and not column.endswith("_stderr") and frame[column].notna().any():
-            task, metric = column[len("tasks."):].rsplit(".", 1)
-            found.setdefault(task, []).append(metric)
-    pairs = []
-    for task in sorted(found):
-        preferred = [m for m in PRIMARY_METRICS if m in found[task]]
-        pairs.append((task, preferred[0] if preferred else sorted(found[task])[0]))
-    return pairs
-
-
-def figure_stem(model: str, layer: int, kind: str) -> str:
-    """File name without extension, e.g. 'EleutherAI_pythia-410m_L15_ce_vs_k'."""
-    return f"{sanitize(model)}_L{int(layer)}_{kind}"
 
 
 # ----------------------------------------------------------------------------- axes helpers
@@ -237,15 +117,16 @@ def plot_ce_vs_k(frame: pd.DataFrame, styles: dict[str, MethodStyle], title: str
     return fig
 
 
-def plot_nmse_vs_k(frame: pd.DataFrame, styles: dict[str, MethodStyle], title: str) -> Figure | None:
-    """Reconstruction error over K; log y when methods differ by orders of magnitude."""
-    if not _has(frame, "nmse"):
+def plot_metric_vs_k(spec: MetricSpec, frame: pd.DataFrame, styles: dict[str, MethodStyle],
+                     title: str) -> Figure | None:
+    """One metric over K (NMSE, KL, ...); log y when methods differ by orders of magnitude."""
+    if not _has(frame, spec.name):
         return None
     fig, ax = plt.subplots(figsize=(6.8, 4.2), layout="constrained")
-    _method_lines(ax, frame, "nmse", None, styles)
-    log_y_if_wide(ax, frame["nmse"])
+    _method_lines(ax, frame, spec.name, spec.stderr, styles)
+    log_y_if_wide(ax, frame[spec.name])
     k_axis(ax, frame["k"])
-    ax.set_ylabel("NMSE (held-out tokens)")
+    ax.set_ylabel(spec.axis_label)
     ax.set_title(title)
     legend_right(ax)
     return fig
@@ -352,12 +233,14 @@ def plot_overview(frame: pd.DataFrame, styles: dict[str, MethodStyle]) -> Figure
     return fig
 
 
-FIGURES: dict[str, Callable[[pd.DataFrame, dict[str, MethodStyle], str], Figure | None]] = {
-    "ce_vs_k": plot_ce_vs_k,
-    "nmse_vs_k": plot_nmse_vs_k,
-    "pareto": plot_pareto,
-    "tasks_vs_k": plot_tasks_vs_k,
-}
+def figure_makers() -> dict[str, Callable[[pd.DataFrame, dict[str, MethodStyle], str], Figure | None]]:
+    """Figure kind -> the function that draws it, one "<metric>_vs_k" per metric marked for figures."""
+    return {
+        "ce_vs_k": plot_ce_vs_k,
+        **{f"{spec.name}_vs_k": partial(plot_metric_vs_k, spec) for spec in shown_in(FIGURE)},
+        "pareto": plot_pareto,
+        "tasks_vs_k": plot_tasks_vs_k,
+    }
 
 
 def _save(fig: Figure | None, stem: Path) -> list[Path]:
@@ -382,7 +265,7 @@ def plot_results(paths: Sequence[Path] | Path, out_dir: Path) -> list[Path]:
     with plt.rc_context(RC):
         for (model, layer), group in frame.groupby(["model", "layer"], sort=True):
             title = _title(model, layer, group)
-            for kind, make in FIGURES.items():
+            for kind, make in figure_makers().items():
                 written += _save(make(group, styles, title), out_dir / figure_stem(model, layer, kind))
         written += _save(plot_overview(frame, styles), out_dir / OVERVIEW_STEM)
     return written

@@ -11,8 +11,9 @@ from typing import Callable, Iterable
 
 import pandas as pd
 
-from bench.plots import FIGURE_KINDS, OVERVIEW_STEM, REQUIRED, figure_stem, read_cells, task_metrics
-from bench.style import method_sort_key
+from bench.figure_names import OVERVIEW_STEM, figure_stem, figure_titles
+from bench.metrics import REPORT, shown_in
+from bench.results_frame import REQUIRED, method_sort_key, read_cells, task_metrics
 
 DASH = "—"  # a value the run did not record
 SETTINGS = (  # (column, label, formatter)
@@ -31,14 +32,6 @@ SETTINGS = (  # (column, label, formatter)
     ("versions.transformers", "transformers", str),
     ("versions.mxbench", "mxbench", str),
 )
-FIGURE_TITLES = {
-    "ce_vs_k": "CE with the layer spliced vs K",
-    "nmse_vs_k": "NMSE vs K",
-    "pareto": "Pareto frontier: CE increase vs L0 and vs parameters",
-    "tasks_vs_k": "Task accuracy vs K",
-}
-
-
 # ----------------------------------------------------------------------------- formatting
 
 def _missing(value: object) -> bool:
@@ -72,13 +65,6 @@ def _duration(seconds: object) -> str:
     if seconds < 120:
         return f"{seconds:.0f} s"
     return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
-
-
-def _dead(row: pd.Series) -> str:
-    count, fraction = row.get("dead_units"), row.get("dead_fraction")
-    if _missing(count):
-        return DASH
-    return f"{int(count):,}" + ("" if _missing(fraction) else f" ({100 * fraction:.2g}%)")
 
 
 def _unique(frame: pd.DataFrame, column: str, fmt: Callable[[object], str]) -> str:
@@ -145,18 +131,16 @@ def _ce_grid(cells: pd.DataFrame, ok: pd.DataFrame) -> list[str]:
 
 def _metrics_table(ok: pd.DataFrame) -> list[str]:
     tasks = task_metrics(ok)
-    header = ["method", "K", "CE", "ΔCE (± stderr)", "CE recovered", "NMSE", "L0", "dead units", "params"]
+    specs = shown_in(REPORT)
+    header = ["method", "K"] + [spec.header for spec in specs]
     header += [f"{task} {metric}" for task, metric in tasks] + ["train time"]
     rows = []
     order = ok.assign(_order=ok["method"].map(method_sort_key)).sort_values(["_order", "k"])
     for _, row in order.iterrows():
-        values = [row["method"], str(row["k"]), _fmt(row.get("ce_spliced"), ".4f"),
-                  _pm(row.get("delta_ce"), row.get("delta_ce_stderr"), "+.4f"),
-                  _fmt(row.get("ce_recovered"), ".3f"), _fmt(row.get("nmse"), "#.3g"),
-                  _fmt(row.get("l0"), ".1f"), _dead(row), _fmt(row.get("n_params"), ",.0f")]
+        values = [row["method"], str(row["k"])] + [spec.format(row.to_dict()) for spec in specs]
         values += [_pm(row.get(f"tasks.{t}.{m}"), row.get(f"tasks.{t}.{m}_stderr"), ".3f") for t, m in tasks]
         rows.append(values + [_duration(row.get("train_time_s"))])
-    caption = "Every metric, one row per cell (ΔCE stderr is paired over the CE tokens):"
+    caption = "Every metric, one row per cell (ΔCE stderr is paired over the CE sequences):"
     return [caption, ""] + _table(header, rows) + [""]
 
 
@@ -169,10 +153,10 @@ def _figure_link(path: Path, report_dir: Path, title: str) -> list[str]:
 
 def _figures(figures_dir: Path, report_dir: Path, model: str, layer: int) -> list[str]:
     lines = []
-    for kind in FIGURE_KINDS:
+    for kind, title in figure_titles().items():
         png = figures_dir / f"{figure_stem(model, layer, kind)}.png"
         if png.is_file():
-            lines += _figure_link(png, report_dir, FIGURE_TITLES[kind])
+            lines += _figure_link(png, report_dir, title)
     return lines
 
 

@@ -14,6 +14,9 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Iterable
 
+from bench.metrics import SUMMARY, TABLE, shown_in
+from bench.results_frame import method_sort_key
+
 
 ROWS_FILE = "cells.jsonl"
 SUMMARY_FILE = "summary.csv"
@@ -105,49 +108,69 @@ class RunStore:
         atomic_write_text(self.run_dir / SUMMARY_FILE, summary_frame(list(rows)).to_csv(index=False))
 
 
-SUMMARY_COLUMNS = [
-    "model", "layer", "method", "k", "status", "ce_clean", "ce_spliced", "delta_ce", "delta_ce_stderr",
-    "ce_zero", "ce_recovered", "nmse", "l0", "dead_fraction", "n_params", "n_units", "train_tokens",
-    "ce_tokens", "train_time_s", "seed", "device", "error",
-]
+IDENTITY_COLUMNS = ["model", "layer", "method", "k", "status"]
+TRAILING_COLUMNS = ["train_tokens", "ce_tokens", "train_time_s", "seed", "device", "error"]
+
+
+def summary_columns() -> list[str]:
+    """summary.csv's columns: the cell's identity, every metric marked for it (with its stderr), the budget."""
+    metrics = [name for spec in shown_in(SUMMARY) for name in (spec.name, spec.stderr) if name]
+    return IDENTITY_COLUMNS + metrics + TRAILING_COLUMNS
 
 
 def summary_frame(rows: list[dict[str, Any]]):
     """A flat table: the main columns first, task scores as ``task:<name>:<metric>``."""
     import pandas as pd
 
+    columns = summary_columns()
     flat = []
     for row in rows:
-        entry = {c: row.get(c) for c in SUMMARY_COLUMNS}
+        entry = {c: row.get(c) for c in columns}
         for task, metrics in (row.get("tasks") or {}).items():
             for metric, value in metrics.items():
                 entry[f"task:{task}:{metric}"] = value
         flat.append(entry)
-    return pd.DataFrame(flat, columns=None if flat else SUMMARY_COLUMNS)
+    return pd.DataFrame(flat, columns=None if flat else columns)
 
 
-def format_table(rows: list[dict[str, Any]]) -> str:
-    """The table ``bench run`` prints at the end."""
+def format_table(rows: list[dict[str, Any]], method_order: list[str] | None = None) -> str:
+    """The table ``bench run`` prints at the end: one block per (model, layer), methods in
+    ``method_order`` (the order they were asked for), columns as wide as their widest value."""
     if not rows:
         return "(no rows)"
-    header = f"{'method':<16}{'K':>5}{'params':>12}{'CE':>9}{'dCE':>9}{'±':>7}{'recov':>8}{'NMSE':>8}{'L0':>7}{'dead':>7}{'train s':>9}"
+    specs = shown_in(TABLE)
     lines = []
     for (model, layer), group in _grouped(rows):
-        first = group[0]
-        lines.append(f"{model} layer {layer}: clean CE {_f(first.get('ce_clean'), 4)}, zero-ablated CE "
-                     f"{_f(first.get('ce_zero'), 4)}, {first.get('train_tokens', 0):,} train tokens, "
-                     f"{first.get('ce_tokens', 0):,} CE tokens")
-        lines.append(header)
-        for r in sorted(group, key=lambda r: (r["method"], r["k"])):
+        lines.append(_block_title(model, layer, group))
+        table = [["method", "K"] + [spec.short for spec in specs] + ["train s"]]
+        failures = []
+        for r in sorted(group, key=lambda r: (_method_rank(r["method"], method_order), r["k"])):
             if r.get("status") != "ok":
-                lines.append(f"{r['method']:<16}{r['k']:>5}  FAILED: {r.get('error')}")
+                failures.append(f"{r['method']} K={r['k']} FAILED: {r.get('error')}")
                 continue
-            lines.append(
-                f"{r['method']:<16}{r['k']:>5}{r['n_params']:>12,}{_f(r['ce_spliced'], 4):>9}{_f(r['delta_ce'], 4):>9}"
-                f"{_f(r.get('delta_ce_stderr'), 4):>7}{_f(r['ce_recovered'], 3):>8}{_f(r['nmse'], 3):>8}"
-                f"{_f(r['l0'], 1):>7}{_f(r['dead_fraction'], 2):>7}{_f(r['train_time_s'], 0):>9}"
-            )
+            table.append([r["method"], str(r["k"])] + [spec.format(r) for spec in specs]
+                         + [_f(r.get("train_time_s"), 0)])
+        widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
+        for line in table:
+            cells = [line[0].ljust(widths[0])] + [v.rjust(w) for v, w in zip(line[1:], widths[1:])]
+            lines.append("  ".join(cells).rstrip())
+        lines += failures
     return "\n".join(lines)
+
+
+def _block_title(model: str, layer: int, group: list[dict[str, Any]]) -> str:
+    """The baselines are the same in every row of a block; a failed row may lack them."""
+    def first(key: str):
+        return next((r[key] for r in group if r.get(key) is not None), None)
+
+    return (f"{model} layer {layer}: clean CE {_f(first('ce_clean'), 4)}, zero-ablated CE {_f(first('ce_zero'), 4)}, "
+            f"{first('train_tokens') or 0:,} train tokens, {first('ce_tokens') or 0:,} CE tokens")
+
+
+def _method_rank(method: str, order: list[str] | None) -> tuple:
+    if order and method in order:
+        return (0, order.index(method), "")
+    return (1, *method_sort_key(method))
 
 
 def _grouped(rows):

@@ -7,7 +7,6 @@ depends on the order rows happen to arrive in.
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Iterable, NamedTuple, Sequence
 
@@ -18,10 +17,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogFormatter, NullLocator
 
-# Built-in methods, in the order their colours are handed out (and legends are sorted).
-METHOD_ORDER: tuple[str, ...] = (
-    "tc", "stc", "sae", "mxd", "mxd-glu", "lowrank-moe-r1", "lowrank-moe-r4", "lowrank-moe-r16",
-)
+from bench.results_frame import METHOD_ORDER, ordered_methods
+
 # Palette slot per built-in method in seaborn's "colorblind" palette: method families get related
 # hues (tc/stc blues, mxd/mxd-glu vermillion/orange); plugins take the leftover slots 7, 8, then cycle.
 _SLOTS: tuple[int, ...] = (0, 9, 2, 3, 1, 4, 5, 6)
@@ -63,17 +60,6 @@ class MethodStyle(NamedTuple):
     marker: str
 
 
-def method_sort_key(method: str) -> tuple[int, str]:
-    """Known methods in METHOD_ORDER, then unknown ones alphabetically."""
-    if method in METHOD_ORDER:
-        return (METHOD_ORDER.index(method), "")
-    return (len(METHOD_ORDER), method)
-
-
-def ordered_methods(methods: Iterable[str]) -> list[str]:
-    return sorted(set(methods), key=method_sort_key)
-
-
 def method_styles(methods: Iterable[str]) -> dict[str, MethodStyle]:
     """Colour and marker per method: built-ins keep fixed slots, plugins take the next ones."""
     palette = sns.color_palette("colorblind", 10).as_hex()
@@ -84,12 +70,6 @@ def method_styles(methods: Iterable[str]) -> dict[str, MethodStyle]:
         n = len(METHOD_ORDER) + i
         styles[m] = MethodStyle(palette[_PLUGIN_SLOTS[i % len(_PLUGIN_SLOTS)]], MARKERS[n % len(MARKERS)])
     return styles
-
-
-def sanitize(name: str) -> str:
-    """A model name as a file-name fragment: 'EleutherAI/pythia-410m' -> 'EleutherAI_pythia-410m'."""
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("._")
-    return cleaned or "model"
 
 
 def save_figure(fig: Figure, stem: Path) -> list[Path]:

@@ -9,7 +9,7 @@ factorised form (H d + N d parameters, not N H d). Only the K selected columns o
 read (``sparse_decode``), so the expert branch costs O(K d) per token after the gate.
 Init: D = 0, C ~ U(-1, 1) with unit-norm columns (kept so), biases 0.
 
-Parameter matching to a TC of width H_tc = expansion * d (PAPER.md's rule):
+Parameter matching to a TC of width H_tc = expansion * d (the MxD paper's rule):
     N = round((P_tc - (2 d H + H_tc + d)) / (2 d + 1)),   P_tc = 2 d H_tc + H_tc + d
 (GPT-2 small: N = 21,490). The MxD then has 2 d H + H + d + N (2 d + 1) parameters.
 (The rule subtracts the TC's H_tc encoder biases, not the MxD's own H, so an MxD lands about
@@ -51,7 +51,7 @@ class MxDConfig(MethodConfig):
 
 
 def matched_n_experts(spec: LayerSpec, expansion: int, hidden: int, dense_params: int) -> int:
-    """PAPER.md's rule, with ``dense_params`` the 2 d H weights of the dense hidden branch."""
+    """The MxD paper's rule, with ``dense_params`` the 2 d H weights of the dense hidden branch."""
     tc_width = expansion * spec.d_model
     spare = transcoder_budget(spec, expansion) - (dense_params + tc_width + spec.d_model)
     n = round(spare / (2 * spec.d_model + 1))

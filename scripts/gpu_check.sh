@@ -41,7 +41,7 @@ for stage in $stages; do
     perf)  # every method at the smoke, gemma-e32 and gpt2-e32 shapes; LM side on Gemma 3 270M's shape
         run_stage perf "$python" -m bench perf --device cuda --random-lm --no-peers \
             --out "$out/perf-cuda.json" ;;
-    cost)  # PAPER.md's four-model sweep in GPU-hours, from rates measured at each run's own shapes
+    cost)  # the MxD paper's four-model sweep in GPU-hours, from rates measured at each run's own shapes
         run_stage cost "$python" -m bench cost sweeps/paper-all.toml --device cuda \
             --out "$out/cost-paper-all-cuda.json" ;;
     compile)  # what --compile buys, on two cells (each compiles once, so this stage is the slowest)

@@ -49,7 +49,7 @@ def test_rerun_skips_finished_cells_and_adds_new_ones(tmp_path, tiny_model_dir, 
     (["--methods", "tc,nope"], "unknown method 'nope'"),
     (["--k", "0"], "--k values must be >= 1, got 0"),
     (["--tokens", "-5"], "--tokens must be a positive integer, got -5"),
-    (["--preset", "huge"], "unknown preset 'huge'"),
+    (["--preset", "huge"], "invalid choice: 'huge' (choose from 'smoke', 'paper')"),
     (["--layer", "99"], "layer 99 is out of range"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, tiny_model_dir, corpus_file, capsys, args, message):
@@ -108,10 +108,14 @@ def test_checkpoints_are_written_and_reload_to_the_same_layer(tmp_path, tiny_mod
     (["run", "--tokens", "many"], "argument --tokens: invalid int value: 'many'"),
 ])
 def test_argument_errors_are_one_line(capsys, argv, message):
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
+    code = main(argv)
     err = capsys.readouterr().err.strip()
-    assert exit_info.value.code == 2 and message in err and len(err.splitlines()) == 1
+    assert code == 2 and message in err and len(err.splitlines()) == 1
+
+
+def test_a_shortened_flag_is_not_taken_for_another(capsys):
+    assert main(["run", "--results", "elsewhere"]) == 2
+    assert "unrecognized arguments: --results elsewhere" in capsys.readouterr().err
 
 
 def test_all_runs_each_distinct_method_once():

@@ -16,7 +16,7 @@ def test_presets_fill_in_and_overrides_win():
 def test_shipped_sweeps_load_and_validate():
     from pathlib import Path
 
-    from bench.cli import validate
+    from bench.validation import validate
 
     files = sorted(Path("sweeps").glob("*.toml"))
     assert {f.stem for f in files} >= {"paper-gpt2", "paper-pythia-410m", "paper-pythia-1.4b",
@@ -52,8 +52,8 @@ def test_bad_config_files_are_one_line_errors(tmp_path, text, message):
 
 @pytest.mark.parametrize("text, message", [
     ("tokens = \"lots\"\n", "--tokens must be int, got 'lots'"),
-    ("k = [2, \"x\"]\n", "k must be a list of integers"),
-    ("lr = -1.0\n", "lr must be > 0"),
+    ("k = [2, \"x\"]\n", "--k must be a list of integers"),
+    ("lr = -1.0\n", "--lr must be a finite number > 0, got -1.0"),
     ("methods = [\"tc\", \"nope\"]\n", "unknown method 'nope'"),
     ("model = \n", "is not valid TOML"),
 ])

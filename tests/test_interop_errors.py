@@ -17,7 +17,8 @@ def _hook(name, out=None, architecture="jumprelu"):
 
 
 def _with_cfg(**fields):
-    return lambda path: write_saelens(path / "d", {**saelens_cfg("jumprelu", TL_OUT), **fields}, weights(threshold=True))
+    cfg = {**saelens_cfg("jumprelu", TL_OUT), **fields}
+    return lambda path: write_saelens(path / "d", cfg, weights(threshold=True))
 
 
 def _missing_weights(path):
@@ -98,9 +99,10 @@ CASES = {
     "per-token norm": (_with_cfg(normalize_activations="constant_norm_rescale"), {}, "cannot be folded"),
     "layer_norm": (_with_cfg(normalize_activations="layer_norm"), {}, "cannot be folded"),
     "a factor for an unscaled SAE": (_with_cfg(), {"norm_scaling_factor": 2.0}, "normalize_activations is 'none'"),
-    "centred MLP output weights": (_with_cfg(metadata={"hook_name": TL_OUT, "model_class_name": "HookedTransformer",
-                                                      "model_from_pretrained_kwargs": {"center_writing_weights": True}}),
-                                   {}, "center_writing_weights"),
+    "centred MLP output weights": (
+        _with_cfg(metadata={"hook_name": TL_OUT, "model_class_name": "HookedTransformer",
+                            "model_from_pretrained_kwargs": {"center_writing_weights": True}}),
+        {}, "center_writing_weights"),
     "Gemma's hook_mlp_out is after its post-norm": (_hook(TL_OUT), {"post_mlp_norm": True}, "post-feed-forward"),
     "Gemma Scope's hf_hook_name_out": (_hook(f"model.layers.{LAYER}.post_attention_layernorm.output",
                                              f"model.layers.{LAYER}.post_feedforward_layernorm.output",

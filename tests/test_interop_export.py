@@ -173,7 +173,8 @@ def test_push_to_hub_creates_the_repo_and_uploads_the_folder(tmp_path, site, mon
     out = export_cell(run_dir, "tc-k4", "sparsify", tmp_path / "out", site=site)
     url = push_to_hub(out, "me/tiny-tc")
     (created, upload), = [made[0].calls]
-    assert created[:2] == ("create_repo", "me/tiny-tc") and created[2]["exist_ok"] and created[2]["repo_type"] == "model"
+    assert created[:2] == ("create_repo", "me/tiny-tc")
+    assert created[2]["exist_ok"] and created[2]["repo_type"] == "model"
     assert upload[1]["folder_path"] == str(out) and upload[1]["repo_id"] == "me/tiny-tc"
     assert url.endswith("/commit/1")
     with pytest.raises(ValueError, match="not an export"):

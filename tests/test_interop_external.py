@@ -27,8 +27,8 @@ def test_never_registered_so_all_methods_never_trains_them():
     assert all("external" not in name for name in expand_method_names(["all"]))
 
 
-@pytest.mark.parametrize("cls,jump,skip", list(itertools.product((ThresholdTranscoder, ThresholdAutoencoder), (True, False),
-                                                                  (True, False))))
+@pytest.mark.parametrize("cls,jump,skip", list(itertools.product((ThresholdTranscoder, ThresholdAutoencoder),
+                                                                  (True, False), (True, False))))
 def test_parameter_count_matches_the_closed_form(cls, jump, skip):
     layer = _layer(cls, jump, skip)
     d, n = SPEC.d_model, 12

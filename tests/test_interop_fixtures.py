@@ -16,8 +16,9 @@ D, N, K, LAYER = 16, 48, 5, 1
 
 def site(post_mlp_norm: bool = False, gain=None, bias=None) -> SpliceSite:
     """Layer 1 of a Llama-shaped model with d_model 16 (no model needed to load a dictionary)."""
-    return SpliceSite(LAYER, LayerSpec(D, 4 * D), f"model.layers.{LAYER}.mlp", f"model.layers.{LAYER}.post_attention_layernorm",
-                      f"layers.{LAYER}.mlp", post_mlp_norm, gain, bias)
+    return SpliceSite(LAYER, LayerSpec(D, 4 * D), f"model.layers.{LAYER}.mlp",
+                      f"model.layers.{LAYER}.post_attention_layernorm", f"layers.{LAYER}.mlp", post_mlp_norm,
+                      gain, bias)
 
 
 def weights(seed: int = 0, skip: bool = False, threshold: bool = False) -> dict[str, torch.Tensor]:

@@ -40,7 +40,8 @@ SAELENS_CASES = [
 def test_saelens_dictionary_computes_its_equation(tmp_path, architecture, hooks, activation, skip, centre, sae):
     w = weights(skip=skip, threshold=activation == "jumprelu")
     extra = {"k": K} if activation == "topk" else {}
-    directory = write_saelens(tmp_path / "d", saelens_cfg(architecture, *hooks, apply_b_dec_to_input=centre, **extra), w)
+    cfg = saelens_cfg(architecture, *hooks, apply_b_dec_to_input=centre, **extra)
+    directory = write_saelens(tmp_path / "d", cfg, w)
     loaded = load_dictionary(str(directory), site())
     x = inputs()
     _check(loaded, x, hand_output(x, w, activation, centre=centre), hand_codes(x, w, activation, centre=centre))
@@ -169,7 +170,8 @@ def test_bfloat16_weights_are_widened_before_any_fold(tmp_path):
     """Folds are computed in float32 on the exactly widened bf16 weights (a fold in bf16 would lose ~3 digits)."""
     w = {k: v.to(torch.bfloat16) for k, v in weights().items()}
     w["W_dec"] = w["W_dec"] * torch.linspace(0.2, 3.0, N, dtype=torch.bfloat16)[:, None]
-    cfg = saelens_cfg("topk", TL_OUT, k=K, apply_b_dec_to_input=True, rescale_acts_by_decoder_norm=True, dtype="bfloat16")
+    cfg = saelens_cfg("topk", TL_OUT, k=K, apply_b_dec_to_input=True, rescale_acts_by_decoder_norm=True,
+                      dtype="bfloat16")
     loaded = load_dictionary(str(write_saelens(tmp_path / "d", cfg, w)), site())
     w = {k: v.float() for k, v in w.items()}
     norms = w["W_dec"].norm(dim=1)

@@ -30,7 +30,8 @@ def _randomise_norm(model):
 
 def _mlp_norm(model):
     block = decoder_layers(model)[LAYER]
-    return next(getattr(block, n) for n in ("pre_feedforward_layernorm", "ln_2", "post_attention_layernorm") if hasattr(block, n))
+    names = ("pre_feedforward_layernorm", "ln_2", "post_attention_layernorm")  # Gemma's first: see sites.py
+    return next(getattr(block, n) for n in names if hasattr(block, n))
 
 
 @pytest.mark.parametrize("arch", list(EXPECTED))
@@ -70,8 +71,9 @@ def test_normalised_input_transcoder_on_a_real_gpt2_layer(tmp_path):
     model = tiny_model("gpt2")
     norm = _randomise_norm(model)
     captured = {}
+    mlp = decoder_layers(model)[LAYER].mlp
     hooks = [norm.register_forward_pre_hook(lambda m, args: captured.__setitem__("r", args[0])),
-             decoder_layers(model)[LAYER].mlp.register_forward_pre_hook(lambda m, args: captured.__setitem__("x", args[0]))]
+             mlp.register_forward_pre_hook(lambda m, args: captured.__setitem__("x", args[0]))]
     model(input_ids=torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(4)))
     for hook in hooks:
         hook.remove()

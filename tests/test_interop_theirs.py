@@ -25,16 +25,17 @@ def _saelens_cases(sae_lens):
     from sae_lens.saes.sae import SAEMetadata
 
     hooks = {"metadata": SAEMetadata(hook_name=TL_OUT)}
-    tc_hooks = {"metadata": SAEMetadata(hook_name=MLP_IN, hook_name_out=MLP_OUT, model_class_name="AutoModelForCausalLM")}
+    tc_hooks = {"metadata": SAEMetadata(hook_name=MLP_IN, hook_name_out=MLP_OUT,
+                                        model_class_name="AutoModelForCausalLM")}
     common = {"d_in": D, "d_sae": N}
     return {
         "topk": lambda: sae_lens.TopKSAE(sae_lens.TopKSAEConfig(**common, k=K, **hooks)),
-        "topk rescaled": lambda: sae_lens.TopKSAE(sae_lens.TopKSAEConfig(**common, k=K, rescale_acts_by_decoder_norm=True,
-                                                                         **hooks)),
+        "topk rescaled": lambda: sae_lens.TopKSAE(
+            sae_lens.TopKSAEConfig(**common, k=K, rescale_acts_by_decoder_norm=True, **hooks)),
         "jumprelu": lambda: sae_lens.JumpReLUSAE(sae_lens.JumpReLUSAEConfig(**common, **hooks)),
         "standard": lambda: sae_lens.StandardSAE(sae_lens.StandardSAEConfig(**common, **hooks)),
-        "transcoder": lambda: sae_lens.Transcoder(sae_lens.TranscoderConfig(**common, d_out=D, apply_b_dec_to_input=False,
-                                                                            **tc_hooks)),
+        "transcoder": lambda: sae_lens.Transcoder(
+            sae_lens.TranscoderConfig(**common, d_out=D, apply_b_dec_to_input=False, **tc_hooks)),
         "skip_transcoder": lambda: sae_lens.SkipTranscoder(
             sae_lens.SkipTranscoderConfig(**common, d_out=D, apply_b_dec_to_input=False, **tc_hooks)),
         "jumprelu_transcoder": lambda: sae_lens.JumpReLUTranscoder(

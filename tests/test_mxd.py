@@ -1,4 +1,4 @@
-"""MxD and MxD-GLU against materialised experts, plain and GLU MLPs, and PAPER.md's matching rule."""
+"""MxD and MxD-GLU against materialised experts, plain and GLU MLPs, and the MxD paper's matching rule."""
 from __future__ import annotations
 
 import pytest

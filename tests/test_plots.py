@@ -11,17 +11,10 @@ import pytest
 
 import matplotlib.pyplot as plt
 
-from bench.plots import (
-    OVERVIEW_STEM,
-    figure_stem,
-    load_results,
-    pareto_front,
-    plot_ce_vs_k,
-    plot_results,
-    read_cells,
-    task_metrics,
-)
-from bench.style import METHOD_ORDER, method_styles, sanitize
+from bench.figure_names import OVERVIEW_STEM, figure_stem, sanitize
+from bench.plots import pareto_front, plot_ce_vs_k, plot_results
+from bench.results_frame import METHOD_ORDER, load_results, read_cells, task_metrics
+from bench.style import method_styles
 
 MODELS = {"gpt2": (8, 3.6011, 3.9500), "EleutherAI/pythia-70m": (3, 3.3222, 3.6100)}
 METHODS = {"tc": 0.030, "mxd": 0.003, "my-plugin": 0.012}  # delta CE at K=16

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.plots import FIGURE_KINDS, OVERVIEW_STEM, figure_stem
+from bench.figure_names import OVERVIEW_STEM, figure_kinds, figure_stem
 from bench.report import write_report
 from tests.test_plots import METHODS, MODELS, make_row, synthetic_rows, write_cells
 
@@ -21,7 +21,7 @@ def figures_dir(tmp_path: Path) -> Path:
     """Stand-in figure files: the report only links them, so their content does not matter."""
     figures = tmp_path / "figures" / "synthetic"
     figures.mkdir(parents=True)
-    stems = [figure_stem(m, layer, kind) for m, (layer, _, _) in MODELS.items() for kind in FIGURE_KINDS]
+    stems = [figure_stem(m, layer, kind) for m, (layer, _, _) in MODELS.items() for kind in figure_kinds()]
     for stem in stems + [OVERVIEW_STEM]:
         for ext in ("png", "pdf"):
             (figures / f"{stem}.{ext}").write_bytes(b"fake")
@@ -64,7 +64,7 @@ def test_failed_cells_are_listed_with_their_error(run_dir: Path, figures_dir: Pa
 def test_figures_are_linked_relative_to_the_report(run_dir: Path, figures_dir: Path) -> None:
     report = write_report(run_dir, figures_dir)
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report.read_text())
-    assert len(links) == len(MODELS) * len(FIGURE_KINDS) + 1
+    assert len(links) == len(MODELS) * len(figure_kinds()) + 1
     assert all(not Path(link).is_absolute() and (report.parent / link).is_file() for link in links)
     assert "../../figures/synthetic/gpt2_L8_ce_vs_k.png" in links
 

@@ -54,24 +54,24 @@ def test_sigkill_mid_training_then_rerun_completes(tmp_path, tiny_model_dir):
 
 def test_interrupt_during_evaluation_keeps_finished_rows_and_trained_state(
         tmp_path, tiny_model_dir, corpus_file, monkeypatch, capsys):
-    import bench.harness as harness
+    import bench.cell_eval as cell_eval
 
-    real = harness.evaluate_cell
+    real = cell_eval.evaluate_cell
     calls = []
 
-    def interrupt_second(cell, *args):
+    def interrupt_second(ctx, cell, *args):
         calls.append(cell.method)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real(cell, *args)
+        return real(ctx, cell, *args)
 
-    monkeypatch.setattr(harness, "evaluate_cell", interrupt_second)
+    monkeypatch.setattr(cell_eval, "evaluate_cell", interrupt_second)
     assert main(_command(tmp_path, tiny_model_dir, corpus_file, 1024)) == 130
     assert "re-run the same command to resume" in capsys.readouterr().err
     first_rows = RunStore(tmp_path / "r").rows()
     assert len(first_rows) == 1
 
-    monkeypatch.setattr(harness, "evaluate_cell", real)
+    monkeypatch.setattr(cell_eval, "evaluate_cell", real)
     assert main(_command(tmp_path, tiny_model_dir, corpus_file, 1024)) == 0
     assert "resuming 1 cells at 1,024 of 1,024 tokens" in capsys.readouterr().err
     rows = RunStore(tmp_path / "r").rows()
@@ -80,9 +80,9 @@ def test_interrupt_during_evaluation_keeps_finished_rows_and_trained_state(
 
 
 def test_state_for_other_settings_is_not_restored(tmp_path, tiny_model_dir, corpus_file, monkeypatch, capsys):
-    import bench.harness as harness
+    import bench.cell_eval as cell_eval
 
-    monkeypatch.setattr(harness, "evaluate_cell", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    monkeypatch.setattr(cell_eval, "evaluate_cell", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
     assert main(_command(tmp_path, tiny_model_dir, corpus_file, 1024)) == 130
     monkeypatch.undo()
     capsys.readouterr()

@@ -1,0 +1,110 @@
+"""Every metric a result row can hold, declared once: what it is called, how it is printed, which way
+is better, and where it is shown. Rows, the printed table, summary.csv, REPORT.md, the figures and
+W&B all read this table, so adding a metric means adding its spec here and the code that computes it.
+
+``shown`` names the places: ``table`` (what ``bench run`` prints), ``report`` (REPORT.md's per-cell
+table), ``summary`` (summary.csv), ``wandb`` (logged per cell) and ``figure`` (a "<metric> vs K"
+figure of its own, drawn by ``bench plot``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+TABLE, REPORT, SUMMARY, WANDB, FIGURE = "table", "report", "summary", "wandb", "figure"
+MISSING = "—"
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str  # the row's key
+    label: str  # report column and figure axis
+    short: str  # printed-table column
+    fmt: str  # format spec of the value (and of its stderr, without a sign)
+    higher_is_better: bool | None = None  # None: not a quality (a size, a time)
+    unit: str = ""
+    stderr: str | None = None  # row key of the value's standard error
+    shown: frozenset[str] = frozenset()
+    description: str = ""
+    axis: str = ""  # figure axis label, when it should say more than label and unit
+    count: str | None = None  # row key of the count a fraction is of, shown as "count (fraction)"
+
+    def format(self, row: dict) -> str:
+        """The value as a table shows it, ``± stderr`` appended where the row has one."""
+        value = row.get(self.name)
+        if _missing(value):
+            return MISSING
+        text = format(value, self.fmt)
+        if self.count and not _missing(row.get(self.count)):
+            text = f"{int(row[self.count]):,} ({text})"
+        err = row.get(self.stderr) if self.stderr else None
+        return text if _missing(err) else f"{text} ± {format(err, self.fmt.lstrip('+'))}"
+
+    @property
+    def header(self) -> str:
+        """A report column's header: the label, with "(± stderr)" where a stderr is shown."""
+        return f"{self.label} (± stderr)" if self.stderr else self.label
+
+    @property
+    def axis_label(self) -> str:
+        return self.axis or (f"{self.label} ({self.unit})" if self.unit else self.label)
+
+
+def _missing(value: object) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _s(*places: str) -> frozenset[str]:
+    return frozenset(places)
+
+
+METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec("ce_clean", "clean CE", "clean CE", ".4f", False, "nats/token", shown=_s(SUMMARY),
+               description="next-token CE of the unmodified model on the CE tokens"),
+    MetricSpec("ce_spliced", "CE", "CE", ".4f", False, "nats/token", shown=_s(TABLE, REPORT, SUMMARY),
+               description="next-token CE with the layer spliced in place of the MLP"),
+    MetricSpec("delta_ce", "ΔCE", "dCE", "+.4f", False, "nats/token", stderr="delta_ce_stderr",
+               shown=_s(TABLE, REPORT, SUMMARY, WANDB),
+               description="spliced minus clean CE; stderr paired over CE sequences"),
+    MetricSpec("ce_zero", "zero-ablated CE", "zero CE", ".4f", False, "nats/token", shown=_s(SUMMARY),
+               description="next-token CE with the MLP's output set to zero"),
+    MetricSpec("kl", "KL(clean‖spliced)", "KL", ".4f", False, "nats/token", stderr="kl_stderr",
+               shown=_s(TABLE, REPORT, SUMMARY, WANDB, FIGURE),
+               description="mean over CE tokens of KL(P_clean || P_spliced) of the next-token distribution, "
+                           "fp32 log-softmax; stderr paired over CE sequences"),
+    MetricSpec("ce_recovered", "CE recovered", "recov", ".3f", True, shown=_s(TABLE, REPORT, SUMMARY),
+               description="(CE_zero - CE_spliced) / (CE_zero - CE_clean)"),
+    MetricSpec("nmse", "NMSE", "NMSE", "#.3g", False, shown=_s(TABLE, REPORT, SUMMARY, WANDB, FIGURE),
+               description="sum ||y_hat - y||^2 / sum ||y - mean y||^2 on held-out tokens",
+               axis="NMSE (held-out tokens)"),
+    MetricSpec("fve", "variance explained", "FVE", ".3f", True, shown=_s(REPORT, SUMMARY),
+               description="fraction of the MLP output's variance explained, 1 - NMSE"),
+    MetricSpec("cosine", "cosine similarity", "cos", ".3f", True, shown=_s(REPORT, SUMMARY),
+               description="mean over held-out tokens of cos(y_hat, y)"),
+    MetricSpec("l0", "L0", "L0", ".1f", None, "active units per token", shown=_s(TABLE, REPORT, SUMMARY, WANDB),
+               description="mean number of non-zero codes per token"),
+    MetricSpec("dead_fraction", "dead units", "dead", ".1%", False, count="dead_units",
+               shown=_s(TABLE, REPORT, SUMMARY),
+               description="fraction of units never active on the held-out tokens"),
+    MetricSpec("n_params", "params", "params", ",.0f", None, shown=_s(TABLE, REPORT, SUMMARY),
+               description="trainable parameters of the sparse layer"),
+    MetricSpec("n_units", "units", "units", ",.0f", None, shown=_s(SUMMARY),
+               description="units the TopK selects from (latents or experts)"),
+)
+
+
+def metric(name: str) -> MetricSpec:
+    for spec in METRICS:
+        if spec.name == name:
+            return spec
+    raise KeyError(f"no metric {name!r}; known: {', '.join(m.name for m in METRICS)}")
+
+
+def shown_in(place: str) -> list[MetricSpec]:
+    """The metrics shown in ``place``, in the table's order."""
+    return [spec for spec in METRICS if place in spec.shown]
+
+
+def numeric_columns() -> list[str]:
+    """Row keys holding numbers: every metric and its stderr."""
+    return [name for spec in METRICS for name in (spec.name, spec.stderr, spec.count) if name]

@@ -1,0 +1,87 @@
+"""The train stage: every cell of a group steps on one shuffled activation stream, with the
+training state saved every few minutes (and on Ctrl-C) so an interrupted run resumes."""
+from __future__ import annotations
+
+import time
+
+from bench.activations import shuffled_batches
+from bench.logs import LOGGER, note, progress
+from bench.rows import identity
+from bench.run_context import RunContext
+from bench.train import Cell, OptimiserSettings, build_cell, train_cells
+from bench.training_source import TokenCounter, training_source
+from bench.training_state import StateNotSaved, load_progress, restore_cells, save_training_state
+
+
+def build_cells(ctx: RunContext, group: list[tuple[str, int]]) -> list[Cell]:
+    cfg = ctx.cfg
+    settings = OptimiserSettings(lr=cfg.lr, warmup_steps=cfg.warmup_steps)
+    return [build_cell(m, ctx.spec, k, cfg.expansion, settings, cfg.seed, ctx.device, ctx.autocast, cfg.compile)
+            for m, k in group]
+
+
+def resume_key(ctx: RunContext) -> dict:
+    """The settings a saved training state must match to be resumed: a cell's identity (rows.identity)
+    less what differs between the cells of one group."""
+    return {k: v for k, v in identity(ctx.base_row).items() if k not in ("method", "k", "method_config")}
+
+
+class CheckpointedTraining:
+    """Trains one group of cells; owns the stepping schedule, the progress bar and the saves."""
+
+    def __init__(self, ctx: RunContext, cells: list[Cell]) -> None:
+        self.ctx, self.cells = ctx, cells
+        self.served = self.drawn = 0
+        self.last_save = time.monotonic()
+
+    def resume(self) -> None:
+        saved = load_progress(self.ctx.training_dir, self.cells, resume_key(self.ctx))
+        if saved:
+            restore_cells(self.ctx.training_dir, self.cells, saved)
+            self.served, self.drawn = saved["tokens_served"], saved["tokens_drawn"]
+            note(f"resuming {len(self.cells)} cells at {self.served:,} of {self.ctx.cfg.train_tokens:,} tokens")
+
+    def save(self, counter: TokenCounter, training_done: bool = False) -> bool:
+        """Snapshot every cell; a save the disk refuses keeps the previous snapshot and training goes on."""
+        try:
+            save_training_state(self.ctx.training_dir, self.cells, self.served, counter.tokens, resume_key(self.ctx),
+                                training_done=training_done)
+        except StateNotSaved as error:
+            note(f"warning: {error}; training goes on and the next save tries again")
+            return False
+        return True
+
+    def run(self) -> None:
+        cfg = self.ctx.cfg
+        self.resume()
+        source, writer = training_source(self.ctx, self.drawn)
+        counter = TokenCounter(source, start=self.drawn)
+        batches = shuffled_batches(counter, cfg.train_tokens - self.served, cfg.batch_size, cfg.buffer_tokens,
+                                   cfg.seed + self.drawn, self.ctx.device)
+        with progress(f"training {len(self.cells)} cells", cfg.train_tokens) as bar:
+            bar.update(self.served)
+            try:
+                train_cells(self.cells, batches, lambda tokens, live: self._on_batch(tokens, live, bar, counter), note)
+            finally:  # also on Ctrl-C: keep the work done so far (each file is replaced atomically)
+                self.save(counter, training_done=self.served >= cfg.train_tokens)
+        if writer is not None and writer.tokens >= cfg.train_tokens:
+            writer.finish()
+            note(f"saved {writer.tokens:,} tokens of activations to the cache at {writer.directory}")
+
+    def _on_batch(self, tokens: int, live: list[Cell], bar, counter: TokenCounter) -> None:
+        self.served += tokens
+        bar.update(tokens)
+        bar.set_postfix_str(" ".join(f"{c.method}/{c.k}:{c.last_loss:.3f}" for c in live[:4]), refresh=False)
+        self.ctx.metrics.log({f"loss/{c.method}/k{c.k}": c.last_loss for c in live}, step=self.served)
+        if time.monotonic() - self.last_save >= self.ctx.cfg.checkpoint_minutes * 60:
+            if self.save(counter):
+                LOGGER.info("saved training state at %d tokens", self.served)
+                self.ctx.on_saved()
+            self.last_save = time.monotonic()
+
+
+def train_group(ctx: RunContext, group: list[tuple[str, int]]) -> list[Cell]:
+    """Build, resume and train the cells of one memory group; returns them trained."""
+    cells = build_cells(ctx, group)
+    CheckpointedTraining(ctx, cells).run()
+    return cells

@@ -1,0 +1,73 @@
+"""Where training activations come from: the activation cache when it is usable, else the LM
+(filling the cache on the way when one was asked for), always in document order so a resumed
+run can skip exactly the rows it already drew."""
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from bench import data
+from bench.activation_cache import CacheKey, CacheWriter, StaleCache, open_cache, read_chunks
+from bench.activations import lm_chunks
+from bench.logs import note
+from bench.run_context import RunContext
+
+Chunks = Iterator[tuple[torch.Tensor, torch.Tensor]]
+
+
+class TokenCounter:
+    """Counts the activation rows drawn from a source, so a resume knows where to continue."""
+
+    def __init__(self, chunks: Chunks, start: int = 0) -> None:
+        self._chunks = chunks
+        self.tokens = start
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        x, y = next(self._chunks)
+        self.tokens += len(x)
+        return x, y
+
+
+def _teed(chunks: Chunks, writer: CacheWriter) -> Chunks:
+    for x, y in chunks:
+        writer.add(x, y)
+        yield x, y
+
+
+def _live(ctx: RunContext, drawn: int) -> Chunks:
+    cfg = ctx.cfg
+    stream = data.pack_contexts(data.iter_documents(cfg.dataset, "train"), ctx.tokenizer, cfg.context_length)
+    contexts = itertools.islice(stream, drawn // cfg.context_length, None)
+    return lm_chunks(ctx.model, ctx.layer, contexts, cfg.lm_batch_size)
+
+
+def cache_key(ctx: RunContext) -> CacheKey:
+    """Everything that changes the cached activations."""
+    cfg, tokenizer = ctx.cfg, ctx.tokenizer
+    return CacheKey(ctx.lm.model_id, ctx.layer, cfg.dataset, "train", cfg.context_length,
+                    f"{getattr(tokenizer, 'name_or_path', '')}:{len(tokenizer)}", cfg.activation_cache_dtype)
+
+
+def training_source(ctx: RunContext, drawn: int) -> tuple[Chunks, CacheWriter | None]:
+    """(x, y) chunks in document order, ``drawn`` rows skipped, and the cache writer if one fills."""
+    if not ctx.cfg.activation_cache:
+        return _live(ctx, drawn), None
+    key = cache_key(ctx)
+    directory = key.directory(Path(ctx.cfg.activation_cache))
+    try:
+        manifest = open_cache(directory, key, ctx.cfg.train_tokens)
+    except StaleCache as reason:
+        if drawn:
+            note(f"{reason}; this resumed run reads the LM without caching")
+            return _live(ctx, drawn), None
+        note(f"{reason}; building it during this run")
+        writer = CacheWriter(directory, key)
+        return _teed(_live(ctx, drawn), writer), writer
+    note(f"reading activations from the cache at {directory}")
+    return read_chunks(directory, manifest, skip_tokens=drawn), None

@@ -1,0 +1,72 @@
+"""`bench compare`: paired differences against a baseline method, checked against scipy's own
+paired t-test and by hand."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from bench.cli import main
+from bench.compare import compare_run, format_comparison, paired_test
+from bench.results import RunStore
+from bench.sequence_store import write_sequences
+
+
+def _make_run(tmp_path, seeds=(0,), shift=-0.05, n=40):
+    run = tmp_path / "run"
+    store = RunStore(run)
+    rng = np.random.default_rng(0)
+    hardness = rng.normal(4.0, 0.5, n)  # shared by every method: pairing cancels it
+    for seed in seeds:
+        noise = np.random.default_rng(100 + seed)
+        for method, offset in (("tc", 0.08), ("mxd", 0.08 + shift)):
+            for k in (16, 64):
+                ce = hardness + offset + noise.normal(0, 0.02, n)
+                name = f"{method}-k{k}-s{seed}"
+                path = write_sequences(run, name, {"ce": ce.tolist(), "kl": (ce - hardness).tolist()})
+                store.append({"model": "m", "layer": 1, "method": method, "k": k, "seed": seed, "status": "ok",
+                              "expansion": 8, "train_tokens": 100, "dataset": "d", "sequences": path})
+    return run
+
+
+def test_paired_test_matches_scipy():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(0, 1, 30), rng.normal(0.3, 1, 30)
+    mean, stderr, t, p = paired_test(a - b)
+    reference = stats.ttest_rel(a, b)
+    assert math.isclose(t, reference.statistic, rel_tol=1e-12) and math.isclose(p, reference.pvalue, rel_tol=1e-9)
+    assert math.isclose(stderr, np.std(a - b, ddof=1) / math.sqrt(30))
+
+
+def test_compare_run_reports_each_method_against_the_baseline(tmp_path):
+    run = _make_run(tmp_path)
+    results = compare_run(run, "tc")
+    ce = [r for r in results if r.metric == "ce"]
+    assert [(r.method, r.k) for r in ce] == [("mxd", 16), ("mxd", 64)]
+    for r in ce:
+        assert r.difference == pytest.approx(-0.05, abs=0.015) and r.p_value < 1e-6 and r.n_sequences == 40
+    text = format_comparison(results)
+    assert "method - tc, paired over 40 sequences" in text and "**" in text
+
+
+def test_seeds_are_averaged_and_their_spread_reported(tmp_path):
+    results = compare_run(_make_run(tmp_path, seeds=(0, 1, 2)), "tc")
+    assert all(r.n_seeds == 3 and r.seed_sd is not None and r.seed_sd < 0.02 for r in results)
+
+
+def test_no_difference_is_not_significant(tmp_path):
+    results = compare_run(_make_run(tmp_path, shift=0.0), "tc")
+    assert all(r.p_value > 0.01 for r in results if r.metric == "ce")
+
+
+def test_cli_compare_prints_and_writes_json(tmp_path, capsys):
+    run = _make_run(tmp_path)
+    out = tmp_path / "cmp.json"
+    assert main(["compare", str(run), "--json", str(out)]) == 0
+    assert "mxd" in capsys.readouterr().out
+    assert {r["method"] for r in json.loads(out.read_text())} == {"mxd"}
+    assert main(["compare", str(run), "--baseline", "nope"]) == 2
+    assert "baseline method 'nope' has no finished cell" in capsys.readouterr().err
