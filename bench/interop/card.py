@@ -11,19 +11,22 @@ _METRICS = (
     ("delta_ce_stderr", "ΔCE paired standard error"), ("ce_zero", "CE, MLP zero-ablated"),
     ("ce_recovered", "fraction of CE recovered"), ("n_params", "parameters"), ("n_units", "sparse units"),
 )
-_SETTINGS = ("run", "model", "model_id", "layer", "dataset", "expansion", "train_tokens", "trained_tokens", "eval_tokens",
-             "ce_tokens", "context_length", "batch_size", "lr", "warmup_steps", "seed", "precision", "device", "timestamp")
+_SETTINGS = ("run", "model", "model_id", "layer", "dataset", "expansion", "train_tokens", "trained_tokens",
+             "eval_tokens", "ce_tokens", "context_length", "batch_size", "lr", "warmup_steps", "seed", "precision",
+             "device", "timestamp")
 _LIBRARY = {"sae-lens": "saelens", "sparsify": "sparsify", "mxbench": "mxbench"}
 
 
 def model_card(row: dict[str, Any], layer: SparseLayer, fmt: str, hook_in: str, hook_out: str, subfolder: str) -> str:
     method, k, model, index = row["method"], row["k"], row.get("model_id") or row.get("model"), row["layer"]
-    lines = ["---", f"library_name: {_LIBRARY[fmt]}", "tags:", "- mxbench", f"- {'sae' if layer.input_site == 'mlp_output' else 'transcoder'}"]
+    kind = "sae" if layer.input_site == "mlp_output" else "transcoder"
+    lines = ["---", f"library_name: {_LIBRARY[fmt]}", "tags:", "- mxbench", f"- {kind}"]
     if isinstance(model, str) and model.count("/") == 1 and not model.startswith((".", "/", "~")):
         lines.append(f"base_model: {model}")
     lines += ["---", "", f"# {method} K={k} for {model}, layer {index}", "",
               f"{layer.description}. Trained and scored by mxbench (run `{row.get('run')}`), exported in the "
-              f"**{fmt}** format. It reads `{hook_in}` and writes `{hook_out}` (the MLP's output) of layer {index}.", "",
+              f"**{fmt}** format. It reads `{hook_in}` and writes `{hook_out}` (the MLP's output) of layer "
+              f"{index}.", "",
               "## Scores (from the run's own evaluation)", "", "| metric | value |", "|---|---|"]
     lines += [f"| {label} | {_value(row.get(key))} |" for key, label in _METRICS if row.get(key) is not None]
     lines += ["", "## Settings", "", "| setting | value |", "|---|---|"]
@@ -38,7 +41,8 @@ def model_card(row: dict[str, Any], layer: SparseLayer, fmt: str, hook_in: str, 
 def _loading(fmt: str, subfolder: str, layer: int) -> list[str]:
     if fmt == "sae-lens":
         return ["from sae_lens import SAE", f"sae = SAE.load_from_disk('{subfolder or '.'}')  # a topk SAE; a TC "
-                "writes hook_name_out", "# or score it in mxbench:", f"#   bench eval --load DIR --model MODEL --layer {layer}"]
+                "writes hook_name_out", "# or score it in mxbench:",
+                f"#   bench eval --load DIR --model MODEL --layer {layer}"]
     if fmt == "sparsify":
         return ["from sparsify import SparseCoder", f"coder = SparseCoder.load_from_disk('{subfolder}')",
                 "# or score it in mxbench:", f"#   bench eval --load DIR --model MODEL --layer {layer}"]

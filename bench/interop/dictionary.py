@@ -75,11 +75,13 @@ class Dictionary:
             raise InteropError("reads blocks.L.ln2.hook_normalized (the norm before its gain), and this model's norm "
                                "gain could not be read to convert it; load with the model's weights")
         if bool((gain == 0).any()):
-            raise InteropError("reads blocks.L.ln2.hook_normalized and the model's norm has a zero gain: not invertible")
+            raise InteropError("reads blocks.L.ln2.hook_normalized and the model's norm has a zero gain: "
+                               "not invertible")
         self._fold_centre()
         self.encoder = self.encoder / gain
         self.b_enc = self.b_enc - self.encoder @ bias
-        self.conversions.append("TransformerLens ln2.hook_normalized input converted to the MLP input: W_enc / g, b_enc - (W_enc / g) b")
+        self.conversions.append("TransformerLens ln2.hook_normalized input converted to the MLP input: "
+                                "W_enc / g, b_enc - (W_enc / g) b")
 
     def _fold_centre(self) -> None:
         """W (x - b_dec) + b_enc = W x + (b_enc - W b_dec): turn the centring into a bias."""

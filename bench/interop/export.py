@@ -26,7 +26,8 @@ from methods.sae import SparseAutoencoder
 from methods.transcoder import SkipTranscoder, Transcoder
 
 FORMATS = ("sae-lens", "sparsify", "mxbench")
-_EXPRESSIBLE = {"sae-lens": (Transcoder, SparseAutoencoder), "sparsify": (Transcoder, SkipTranscoder, SparseAutoencoder)}
+_EXPRESSIBLE = {"sae-lens": (Transcoder, SparseAutoencoder),
+                "sparsify": (Transcoder, SkipTranscoder, SparseAutoencoder)}
 
 
 def find_row(run_dir: Path, cell: str) -> dict:
@@ -35,14 +36,16 @@ def find_row(run_dir: Path, cell: str) -> dict:
     matching = [r for r in rows if f"{r.get('method')}-k{r.get('k')}" == cell]
     if not matching:
         cells = sorted({f"{r.get('method')}-k{r.get('k')}" for r in rows})
-        raise InteropError(f"{run_dir}: no finished cell {cell!r}; cells with checkpoints: {', '.join(cells) or 'none'}")
+        raise InteropError(f"{run_dir}: no finished cell {cell!r}; cells with checkpoints: "
+                           f"{', '.join(cells) or 'none'}")
     if len({r["checkpoint"] for r in matching}) > 1:
         raise InteropError(f"{run_dir}: {len(matching)} rows are cell {cell!r} with different checkpoints; export from "
                            "a run that holds one")
     return matching[-1]
 
 
-def export_cell(run_dir: str | Path, cell: str, fmt: str, out_dir: str | Path, *, site: SpliceSite | None = None) -> Path:
+def export_cell(run_dir: str | Path, cell: str, fmt: str, out_dir: str | Path, *,
+                site: SpliceSite | None = None) -> Path:
     """Write cell ``cell`` of ``run_dir`` to ``out_dir`` in format ``fmt``; returns ``out_dir``.
 
     ``site`` defaults to one read from the row's model config (built on the meta device, no weights).

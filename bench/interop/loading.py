@@ -90,7 +90,8 @@ def _load_mxbench(source: str, directory: Path, site: SpliceSite) -> Loaded:
     layer = load_layer(directory).eval().requires_grad_(False)
     exported = read_json(directory / EXPORT_FILE) if (directory / EXPORT_FILE).is_file() else {}
     if "layer" in exported and exported["layer"] != site.layer:
-        raise InteropError(f"{directory}: exported from layer {exported['layer']}, but layer {site.layer} was asked for")
+        raise InteropError(f"{directory}: exported from layer {exported['layer']}, but layer {site.layer} "
+                           "was asked for")
     if layer.spec.d_model != site.spec.d_model:
         raise InteropError(f"{directory}: d_model={layer.spec.d_model}, but the model's d_model is {site.spec.d_model}")
     hook_in = site.norm_name if layer.input_site == "mlp_input" else site.mlp_name

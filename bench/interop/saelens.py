@@ -40,7 +40,8 @@ def read_config(directory: Path) -> dict[str, Any]:
     return {_OLD_NAMES.get(k, k): v for k, v in merged.items()}
 
 
-def load(directory: Path, site: SpliceSite, norm_scaling_factor: float | None = None) -> tuple[Dictionary, dict[str, Any]]:
+def load(directory: Path, site: SpliceSite,
+         norm_scaling_factor: float | None = None) -> tuple[Dictionary, dict[str, Any]]:
     """The dictionary in ``directory`` as it acts on our splice site, and its provenance."""
     cfg = read_config(directory)
     where = directory / CONFIG_FILE
@@ -79,7 +80,8 @@ def load(directory: Path, site: SpliceSite, norm_scaling_factor: float | None = 
 def _architecture(cfg: dict[str, Any], where: Path) -> str:
     architecture = cfg.get("architecture", "standard")
     if architecture not in ARCHITECTURES:
-        raise InteropError(f"{where}: architecture {architecture!r} is not supported; supported: {', '.join(ARCHITECTURES)}")
+        raise InteropError(f"{where}: architecture {architecture!r} is not supported; "
+                           f"supported: {', '.join(ARCHITECTURES)}")
     return architecture
 
 
@@ -106,8 +108,8 @@ def _check_sites(cfg, hook_in: str, hook_out: str | None, site: SpliceSite, wher
     second = parse_hook(hook_out, site) if hook_out else first
     check_layer(second, site, hook_out or hook_in)
     if second.role != MLP_OUTPUT:
-        raise InteropError(f"{where}: writes {hook_out or hook_in}, not the MLP output; an SAE must read the MLP output "
-                           "and a transcoder must write it")
+        raise InteropError(f"{where}: writes {hook_out or hook_in}, not the MLP output; an SAE must read the MLP "
+                           "output and a transcoder must write it")
     kwargs = cfg.get("model_from_pretrained_kwargs") or {}
     processed = [k for k in _PROCESSING if kwargs.get(k)]
     if processed and (cfg.get("model_class_name") or "HookedTransformer") == "HookedTransformer":
@@ -124,7 +126,8 @@ def _apply_normalisations(dictionary: Dictionary, cfg: dict[str, Any], tensors, 
     scaling = scaling if given else cfg.get("norm_scaling_factor")
     if mode == "expected_average_only_in":
         if dictionary.reads != MLP_OUTPUT:
-            raise InteropError(f"{where}: normalize_activations='expected_average_only_in' on a transcoder is not supported")
+            raise InteropError(f"{where}: normalize_activations='expected_average_only_in' on a transcoder is "
+                               "not supported")
         if scaling is None:
             raise InteropError(f"{where}: normalize_activations='expected_average_only_in' needs the dataset scaling "
                                "factor SAELens keeps outside the checkpoint; pass it (--norm-scaling-factor)")
@@ -136,7 +139,8 @@ def _apply_normalisations(dictionary: Dictionary, cfg: dict[str, Any], tensors, 
         raise InteropError(f"{where}: a norm scaling factor was given but normalize_activations is 'none'")
     for name in ("finetuning_scaling_factor", "scaling_factor"):
         if name in tensors and not bool((tensors[name] == 1).all()):
-            dictionary.fold_unit_scale(expect_shape(tensors, name, (dictionary.width,), where), f"{name} folded into W_dec")
+            scale = expect_shape(tensors, name, (dictionary.width,), where)
+            dictionary.fold_unit_scale(scale, f"{name} folded into W_dec")
     if cfg.get("rescale_acts_by_decoder_norm") and dictionary.activation == "topk":
         dictionary.fold_decoder_norm()
     if read_role == NORMALISED:

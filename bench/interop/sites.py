@@ -97,8 +97,8 @@ def parse_hook(name: str, site: SpliceSite) -> Hook:
         layer, tail = int(tl.group(1)), tl.group(2)
         if tail == "hook_mlp_out":
             if site.post_mlp_norm:
-                raise InteropError(f"{where}: on this model TransformerLens takes hook_mlp_out after the post-feed-forward "
-                                   "norm, not at the MLP output our splice replaces")
+                raise InteropError(f"{where}: on this model TransformerLens takes hook_mlp_out after the "
+                                   "post-feed-forward norm, not at the MLP output our splice replaces")
             return Hook(layer, MLP_OUTPUT)
         if tail == "ln2.hook_normalized":
             return Hook(layer, NORMALISED)
@@ -114,9 +114,11 @@ def parse_hook(name: str, site: SpliceSite) -> Hook:
         if tail in ("mlp.input", norm_attr):
             return Hook(layer, MLP_INPUT)
         if tail == POST_MLP_NORM:
-            raise InteropError(f"{where}: comes after the post-feed-forward norm, not at the MLP output our splice replaces")
+            raise InteropError(f"{where}: comes after the post-feed-forward norm, not at the MLP output our "
+                               "splice replaces")
         if tail == "":
-            raise InteropError(f"{where}: is the residual stream (a decoder block's output), which the MLP splice cannot use")
+            raise InteropError(f"{where}: is the residual stream (a decoder block's output), which the MLP "
+                               "splice cannot use")
         raise InteropError(f"{where}: is not the MLP's input ({norm_attr} or mlp.input) or output (mlp) on this model")
     raise InteropError(f"{where}: unrecognised; expected blocks.L.hook_mlp_out / blocks.L.ln2.hook_normalized "
                        "(TransformerLens) or a module name ending in layers.L.mlp / h.L.mlp")

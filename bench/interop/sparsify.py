@@ -43,8 +43,8 @@ def find_hookpoint(directory: Path, site: SpliceSite) -> Path | None:
         if hook.layer == site.layer and hook.role == MLP_OUTPUT:
             candidates.append(child)
     if len(candidates) > 1:
-        raise InteropError(f"{directory}: several hookpoints at layer {site.layer}'s MLP: {[c.name for c in candidates]}; "
-                           "name one (e.g. DIR/layers.6.mlp)")
+        raise InteropError(f"{directory}: several hookpoints at layer {site.layer}'s MLP: "
+                           f"{[c.name for c in candidates]}; name one (e.g. DIR/layers.6.mlp)")
     return candidates[0] if candidates else None
 
 
@@ -56,10 +56,12 @@ def load(directory: Path, site: SpliceSite) -> tuple[Dictionary, dict[str, Any]]
     check_layer(hook, site, hookpoint)
     transcode = bool(cfg.get("transcode", False))
     if hook.role != MLP_OUTPUT or not hookpoint.endswith("mlp"):
-        raise InteropError(f"{where}: hookpoint {hookpoint!r} is not the MLP module (expected e.g. layers.{site.layer}.mlp)")
+        raise InteropError(f"{where}: hookpoint {hookpoint!r} is not the MLP module "
+                           f"(expected e.g. layers.{site.layer}.mlp)")
     flags = [f for f in _UNSUPPORTED_FLAGS if cfg.get(f)]
     if flags:
-        raise InteropError(f"{where}: {', '.join(flags)} set: a variant of sparsify that is not supported (plain TopK only)")
+        raise InteropError(f"{where}: {', '.join(flags)} set: a variant of sparsify that is not supported "
+                           "(plain TopK only)")
     if cfg.get("activation", "topk") != "topk":
         raise InteropError(f"{where}: activation {cfg['activation']!r} is not supported (topk only)")
     d, k = cfg.get("d_in"), cfg.get("k")
@@ -67,7 +69,8 @@ def load(directory: Path, site: SpliceSite) -> tuple[Dictionary, dict[str, Any]]
         raise InteropError(f"{where}: d_in={d!r}, but the model's d_model is {site.spec.d_model}")
     width = cfg.get("num_latents") or d * cfg.get("expansion_factor", 0)
     if not isinstance(width, int) or width < 1 or not isinstance(k, int):
-        raise InteropError(f"{where}: needs integer k and num_latents (or expansion_factor), got k={k!r}, width={width!r}")
+        raise InteropError(f"{where}: needs integer k and num_latents (or expansion_factor), "
+                           f"got k={k!r}, width={width!r}")
     skip = bool(cfg.get("skip_connection", False))
     if skip and not transcode:
         raise InteropError(f"{where}: an SAE with a skip connection has no counterpart here")
@@ -82,7 +85,8 @@ def load(directory: Path, site: SpliceSite) -> tuple[Dictionary, dict[str, Any]]
         skip=expect_shape(tensors, "W_skip", (d, d), weights) if skip else None,
     )
     architecture = ("skip-transcoder" if skip else "transcoder") if transcode else "sae"
-    provenance = {"architecture": f"topk-{architecture}", "hook_in": f"{hookpoint} ({'input' if transcode else 'output'})",
+    side = "input" if transcode else "output"
+    provenance = {"architecture": f"topk-{architecture}", "hook_in": f"{hookpoint} ({side})",
                   "hook_out": f"{hookpoint} (output)", "d_sae": width, "threshold": None}
     return dictionary, provenance
 
