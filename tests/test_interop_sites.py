@@ -89,3 +89,34 @@ def test_normalised_input_transcoder_on_a_real_gpt2_layer(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded.layer(x)[0], hand_output(x_n, w, "jumprelu"), rtol=1e-4, atol=1e-4)
     assert any("hook_normalized" in c for c in loaded.conversions)
+
+
+def test_an_external_jumprelu_transcoder_goes_through_our_evaluation(tmp_path):
+    """NMSE, L0 and dead units from bench.evaluate match the hand-computed code; the splice runs."""
+    from bench.activations import collect_mlp_io
+    from bench.evaluate import CrossEntropyEvaluator, reconstruction_metrics
+    from bench.models import mlp_module
+    from bench.splice import SplicedMLP
+
+    model = tiny_model("llama")
+    site = splice_site(model, LAYER)
+    g = torch.Generator().manual_seed(5)
+    w = {"W_enc": torch.randn(32, 64, generator=g) / 4, "b_enc": torch.randn(64, generator=g) * 0.2 - 0.3,
+         "W_dec": torch.randn(64, 32, generator=g) / 8, "b_dec": torch.randn(32, generator=g) * 0.1,
+         "threshold": torch.rand(64, generator=g) * 0.5}
+    w["threshold"][:8] = 1e6  # eight units that never fire: dead
+    cfg = {**saelens_cfg("jumprelu_transcoder", site.norm_name, site.mlp_name), "d_in": 32, "d_out": 32, "d_sae": 64}
+    loaded = load_dictionary(str(write_saelens(tmp_path / "tc", cfg, w)), site)
+    ids = torch.randint(0, VOCAB, (4, 16), generator=torch.Generator().manual_seed(6))
+    x, y = collect_mlp_io(model, LAYER, ids)
+    pre = x @ w["W_enc"] + w["b_enc"]
+    z = pre.relu() * (pre > w["threshold"])
+    y_hat = z @ w["W_dec"] + w["b_dec"]
+    rec = reconstruction_metrics(loaded.layer, x, y, batch_size=20)  # several batches of different code widths
+    assert rec.l0 == pytest.approx((z != 0).sum(-1).float().mean().item())
+    assert rec.dead_units == int(((z != 0).sum(0) == 0).sum()) >= 8
+    expected_nmse = ((y_hat - y) ** 2).sum() / ((y - y.mean(0)) ** 2).sum()
+    assert rec.nmse == pytest.approx(expected_nmse.item(), rel=1e-4)
+    evaluator = CrossEntropyEvaluator(model, LAYER, ids, batch_size=4)
+    spliced = evaluator.per_sequence_ce(SplicedMLP(loaded.layer, mlp_module(model, LAYER)))
+    assert torch.isfinite(spliced).all() and not torch.equal(spliced, evaluator.per_sequence_ce(None))
