@@ -2,6 +2,7 @@
 checkpoint saved before the row that points at it."""
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 
@@ -16,32 +17,40 @@ from bench.sequence_store import write_sequences
 from bench.splice import SplicedMLP, spliced
 from bench.tasks import evaluate_tasks
 from bench.train import Cell
+from methods.base import SparseLayer
 from methods.checkpoint import save_layer
 
 
-def evaluate_cell(ctx: RunContext, cell: Cell, eval_set: EvalSet) -> dict:
-    """The cell's row; a failed cell's row carries its error and no metrics."""
-    row = cell_row(cell, ctx.base_row)
-    if cell.status != "ok":
-        return row
+def score_layer(ctx: RunContext, layer: SparseLayer, eval_set: EvalSet, row: dict) -> dict:
+    """Every metric of a sparse layer spliced into the run's LM (a trained cell or a loaded dictionary),
+    added to ``row``; per-sequence CE and KL are stored beside the rows."""
     start = time.perf_counter()
-    row.update(vars(reconstruction_metrics(cell.layer, eval_set.x, eval_set.y)))
-    scores = eval_set.ce.score(SplicedMLP(cell.layer, mlp_module(ctx.model, ctx.layer)))
+    row.update(vars(reconstruction_metrics(layer, eval_set.x, eval_set.y)))
+    scores = eval_set.ce.score(SplicedMLP(layer, mlp_module(ctx.model, ctx.layer)))
     row.update(vars(compare_ce(eval_set.clean, scores["ce"], eval_set.zero)))
     row["kl"], row["kl_stderr"] = scores["kl"].mean().item(), paired_stderr(scores["kl"])
     row["baseline_sequences"] = eval_set.baseline_file
     row["sequences"] = write_sequences(ctx.run_dir, cell_file_name(row), scores)
     if ctx.base_row.get("task_names"):
-        with spliced(ctx.model, ctx.layer, cell.layer):
+        with spliced(ctx.model, ctx.layer, layer):
             row["tasks"] = evaluate_tasks(ctx.model, ctx.tokenizer, ctx.base_row["task_names"],
                                           ctx.base_row.get("task_limit"))
     row["eval_time_s"] = round(time.perf_counter() - start, 2)
     return row
 
 
+def evaluate_cell(ctx: RunContext, cell: Cell, eval_set: EvalSet) -> dict:
+    """The cell's row; a failed cell's row carries its error and no metrics."""
+    row = cell_row(cell, ctx.base_row)
+    return score_layer(ctx, cell.layer, eval_set, row) if cell.status == "ok" else row
+
+
 def cell_file_name(row: dict) -> str:
     """A cell's file name in the run: method, K, and the seed and budget when they vary within runs."""
-    return f"{row['method']}-k{row['k']}-L{row['layer']}-t{row['train_tokens']}-s{row['seed']}"
+    name = f"{row['method']}-k{row['k']}-L{row['layer']}-t{row['train_tokens']}-s{row['seed']}"
+    if row.get("source"):  # a loaded dictionary: its source tells two of the same kind apart
+        name += "-" + hashlib.sha256(str(row["source"]).encode()).hexdigest()[:8]
+    return "".join(c if c.isalnum() or c in "-._" else "_" for c in name)
 
 
 def finish_cell(ctx: RunContext, cell: Cell, eval_set: EvalSet) -> dict:

@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 from bench.data import EMBEDDED_CORPUS
 from bench.devices import DTYPES, PRECISIONS
+from bench.losses import DEFAULT_LOSS, LOSSES
 from bench.models import EMBEDDED_MODEL
 
 
@@ -45,8 +46,13 @@ class RunConfig:
     lm_batch_size: int = setting(32, "contexts per LM forward while collecting activations")
     ce_batch_size: int = setting(4, "contexts per LM forward while evaluating CE (bounds the logits' memory)")
     buffer_tokens: int = setting(2**15, "activation rows in the shuffle buffer")
-    lr: float = setting(1e-3, "AdamW learning rate (after warm-up; constant)")
+    lr: float = setting(1e-3, "AdamW learning rate (after warm-up; constant) of every method --method-lr leaves out")
+    method_lr: str | None = setting(None, "per-method learning rates, e.g. tc=1e-3,mxd=3e-4 (`bench tune` finds "
+                                          "them); a method not named uses --lr")
     warmup_steps: int = setting(20, "linear learning-rate warm-up steps")
+    loss: str = setting(DEFAULT_LOSS, "training loss: token-normalised (each token's squared error over its own "
+                                      "output norm), nmse (one ratio over the batch) or post-norm (the error after "
+                                      "the block's post-MLP norm: Gemma 2/3)", choices=LOSSES)
     seed: int = setting(0, "seed of every cell's initialisation and of the data shuffle")
     checkpoint_minutes: float = setting(10.0, "save training state this often so an interrupted run resumes")
     device: str = setting("auto", "auto (CUDA when torch sees a GPU), cpu, cuda or cuda:N")
@@ -157,6 +163,25 @@ def sweep_configs(runs: list[dict[str, Any]], preset: str | None = None,
         configs.append(preset_config(chosen, **{**settings, **{k: v for k, v in (overrides or {}).items()
                                                                if v is not None}}))
     return configs
+
+
+def parse_method_lr(text: str | None) -> dict[str, float]:
+    """``"tc=1e-3,mxd=3e-4"`` -> ``{"tc": 0.001, "mxd": 0.0003}``; a one-line ValueError otherwise."""
+    out: dict[str, float] = {}
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        name, _, value = item.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"--method-lr items must be METHOD=LR, got {item.strip()!r}") from None
+    return out
+
+
+def lr_for(cfg: RunConfig, method: str) -> float:
+    """The learning rate method ``method`` trains with: its --method-lr entry, else --lr."""
+    return parse_method_lr(cfg.method_lr).get(method, cfg.lr)
 
 
 def flag_name(name: str) -> str:

@@ -20,7 +20,8 @@ from bench.results_frame import method_sort_key
 
 ROWS_FILE = "cells.jsonl"
 SUMMARY_FILE = "summary.csv"
-CELL_KEY = ("model", "layer", "method", "k", "expansion", "train_tokens", "seed", "dataset")
+# What tells two cells of one run directory apart (``source``: a loaded dictionary's origin).
+CELL_KEY = ("model", "layer", "method", "k", "expansion", "train_tokens", "seed", "dataset", "source")
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -18,7 +18,8 @@ from bench.train import Cell
 # state is matched on them too. Cells whose CELL_KEY differs may share a run directory (a sweep
 # over seeds or token budgets); cells that differ only here may not.
 IDENTITY_SETTINGS = ("model_id", "eval_tokens", "ce_tokens", "context_length", "batch_size", "buffer_tokens", "lr",
-                     "warmup_steps", "lm_dtype", "precision", "activation_cache_dtype", "compile", "method_config")
+                     "warmup_steps", "lm_dtype", "precision", "activation_cache_dtype", "compile", "method_config",
+                     "loss")
 
 
 def identity(row: dict) -> dict:
@@ -49,9 +50,9 @@ def settings_row(cfg: RunConfig, model_id: str, layer: int, device: torch.device
         "train_tokens": cfg.train_tokens, "eval_tokens": cfg.eval_tokens,
         "ce_tokens": -(-cfg.ce_tokens // cfg.context_length) * (cfg.context_length - 1),
         "context_length": cfg.context_length, "batch_size": cfg.batch_size, "buffer_tokens": cfg.buffer_tokens,
-        "lr": cfg.lr,
+        "lr": cfg.lr, "method_lr": cfg.method_lr,
         "warmup_steps": cfg.warmup_steps, "seed": cfg.seed, "device": str(device), "lm_dtype": str(dtype),
-        "precision": precision_label(autocast, device), "compile": cfg.compile,
+        "precision": precision_label(autocast, device), "compile": cfg.compile, "loss": cfg.loss,
         "activation_cache_dtype": cfg.activation_cache_dtype if cfg.activation_cache else None,
         "task_names": resolve_tasks(cfg.tasks) if cfg.tasks else None, "task_limit": cfg.task_limit,
         "hardware": hardware_description(device), "versions": package_versions(),
@@ -65,5 +66,6 @@ def cell_row(cell: Cell, base_row: dict) -> dict:
            "method_config": cell.layer.to_config()["config"], "train_steps": cell.steps, "trained_tokens": cell.tokens,
            "micro_batches": cell.micro_batches, "train_time_s": round(cell.train_time_s, 2),
            "final_train_loss": cell.last_loss, "timestamp": timestamp()}
+    row["lr"] = cell.optimiser.param_groups[0]["initial_lr"]  # the cell's own (--method-lr), not the run's --lr
     row["settings_digest"] = settings_digest(row)
     return row

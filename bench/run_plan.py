@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 import methods
+from bench.config import lr_for
 from bench.logs import note
 from bench.rescore import lacks_tasks
 from bench.results import cell_key
@@ -31,7 +32,8 @@ def planned_row(ctx: RunContext, method: str, k: int) -> dict:
     constructor runs on the meta device, so its checks (K <= units, ...) cost no memory."""
     with torch.device("meta"):
         layer = methods.create(method, ctx.spec, k=k, expansion=ctx.cfg.expansion)
-    return {**ctx.base_row, "method": method, "k": k, "method_config": layer.to_config()["config"]}
+    return {**ctx.base_row, "method": method, "k": k, "lr": lr_for(ctx.cfg, method),
+            "method_config": layer.to_config()["config"]}
 
 
 def check_same_settings(ctx: RunContext, finished: dict, planned: dict) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import time
 
 from bench.activations import shuffled_batches
+from bench.config import lr_for
 from bench.logs import LOGGER, note, progress
+from bench.losses import make_loss
 from bench.rows import identity
 from bench.run_context import RunContext
 from bench.train import Cell, OptimiserSettings, build_cell, train_cells
@@ -15,15 +17,16 @@ from bench.training_state import StateNotSaved, load_progress, restore_cells, sa
 
 def build_cells(ctx: RunContext, group: list[tuple[str, int]]) -> list[Cell]:
     cfg = ctx.cfg
-    settings = OptimiserSettings(lr=cfg.lr, warmup_steps=cfg.warmup_steps)
-    return [build_cell(m, ctx.spec, k, cfg.expansion, settings, cfg.seed, ctx.device, ctx.autocast, cfg.compile)
-            for m, k in group]
+    loss = make_loss(cfg.loss, ctx.model, ctx.layer)  # stateless (a frozen norm at most): one for all cells
+    return [build_cell(m, ctx.spec, k, cfg.expansion, OptimiserSettings(lr=lr_for(cfg, m), warmup_steps=cfg.warmup_steps),
+                       cfg.seed, ctx.device, ctx.autocast, cfg.compile, loss=loss) for m, k in group]
 
 
 def resume_key(ctx: RunContext) -> dict:
     """The settings a saved training state must match to be resumed: a cell's identity (rows.identity)
     less what differs between the cells of one group."""
-    return {k: v for k, v in identity(ctx.base_row).items() if k not in ("method", "k", "method_config")}
+    key = {k: v for k, v in identity(ctx.base_row).items() if k not in ("method", "k", "method_config")}
+    return {**key, "method_lr": ctx.base_row.get("method_lr")}
 
 
 class CheckpointedTraining:

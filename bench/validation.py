@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import methods
-from bench.config import PRESETS, RunConfig, flag_name, setting_types
-from bench.devices import check_device_name
+from bench.config import PRESETS, RunConfig, flag_name, parse_method_lr, setting_types
+from bench.devices import check_device_name, resolve_device
 
 POSITIVE_INTS = ("train_tokens", "eval_tokens", "ce_tokens", "batch_size", "expansion", "context_length",
                  "lm_batch_size", "ce_batch_size", "buffer_tokens")
@@ -75,6 +75,10 @@ def check_ranges(cfg: RunConfig) -> None:
         raise UsageError(f"--layer must be >= 0, got {cfg.layer}")
     if not (math.isfinite(cfg.lr) and cfg.lr > 0):
         raise UsageError(f"--lr must be a finite number > 0, got {cfg.lr}")
+    for method, lr in parse_method_lr(cfg.method_lr).items():
+        methods.get_method(method)
+        if not (math.isfinite(lr) and lr > 0):
+            raise UsageError(f"--method-lr {method}={lr} must be a finite number > 0")
     if cfg.warmup_steps < 0:
         raise UsageError(f"--warmup-steps must be >= 0, got {cfg.warmup_steps}")
     if not (math.isfinite(cfg.checkpoint_minutes) and cfg.checkpoint_minutes >= 0):
@@ -131,4 +135,5 @@ def check_run_inputs(cfg: RunConfig, run_dir: Path) -> None:
 
     check_writable(run_dir)
     check_dataset(cfg.dataset)
+    resolve_device(cfg.device)  # a GPU asked for must exist here, before the run directory is made
     check_model_available(cfg.model)
