@@ -45,7 +45,7 @@ def run_benchmark(cfg: RunConfig, on_saved: Callable[[], None] = _nothing) -> li
     check_run_inputs(cfg, run_dir)
     if cfg.layer is not None:
         check_layer_in_config(cfg.model, cfg.layer, cfg.trust_remote_code)
-    created = not run_dir.exists()
+    made = _first_missing(run_dir)  # what this run creates, results directory included
     try:
         with RunLock(run_dir), run_log(run_dir):
             LOGGER.info("bench run %s", json.dumps(cfg.to_dict(), sort_keys=True))
@@ -56,9 +56,17 @@ def run_benchmark(cfg: RunConfig, on_saved: Callable[[], None] = _nothing) -> li
                 metrics.finish()
     except ValueError:
         # Bad input found only once the model was loaded: leave nothing behind that we made.
-        if created and not (run_dir / "cells.jsonl").exists():
-            shutil.rmtree(run_dir, ignore_errors=True)
+        if made is not None and not (run_dir / "cells.jsonl").exists():
+            shutil.rmtree(made, ignore_errors=True)
         raise
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost directory of ``path`` that does not exist yet (None if it all exists)."""
+    missing = None
+    while not path.exists():
+        missing, path = path, path.parent
+    return missing
 
 
 def _run(ctx: RunContext, method_names: list[str]) -> list[dict]:

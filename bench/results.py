@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from bench.metrics import SUMMARY, TABLE, shown_in
+from bench.row_file import read_row_objects
 from bench.results_frame import method_sort_key
 
 
@@ -86,15 +87,8 @@ class RunStore:
         self.rows_path = self.run_dir / ROWS_FILE
 
     def rows(self) -> list[dict[str, Any]]:
-        if not self.rows_path.is_file():
-            return []
-        rows = []
-        for line in self.rows_path.read_text(encoding="utf-8").splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # never written by us; ignore rather than crash a resume
-        return rows
+        """The run's rows; a line that is not a row (hand-edited, cut short) is skipped with a warning."""
+        return read_row_objects(self.rows_path) if self.rows_path.is_file() else []
 
     def finished_keys(self) -> set[tuple]:
         return {cell_key(row) for row in self.rows() if row.get("status") == "ok"}

@@ -4,7 +4,6 @@ matplotlib, so writing a report or a comparison does not load a plotting stack.
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -13,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from bench.metrics import numeric_columns
+from bench.row_file import read_row_objects
 
 log = logging.getLogger(__name__)
 
@@ -64,20 +64,10 @@ def _flatten(row: dict) -> dict:
 
 
 def _read_one(path: Path) -> pd.DataFrame:
-    rows = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            row = err.msg
-        if not isinstance(row, dict):  # skipped like bench.results does: one bad line must not hide a run
-            log.warning("%s:%d: skipped, not a JSON object (%s)", path, lineno, row)
-            continue
-        rows.append(_flatten(row))
+    problems: list[str] = []
+    rows = [_flatten(row) for row in read_row_objects(path, problems=problems)]
     if not rows:
-        raise ValueError(f"{path}: holds no result rows")
+        raise ValueError(f"{path}: holds no result rows" + (f" ({problems[0]})" if problems else ""))
     frame = pd.DataFrame(rows)
     for column in REQUIRED:
         if column not in frame.columns:
