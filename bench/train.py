@@ -1,20 +1,22 @@
 """Batches of (x, y) -> trained cells, every cell stepping on the same batch.
 
 One activation stream feeds all (method, K) cells of a model and layer, so the LM's forward
-is paid once per batch, not once per cell. A cell whose loss turns NaN/inf is stopped and
-marked failed; the others go on.
+is paid once per batch, not once per cell. Each cell is scored by its own loss
+(``bench.losses``: token-normalised by default). A cell whose loss turns NaN/inf or explodes is
+stopped and marked failed; the others go on.
 """
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import torch
 
 import methods
 from bench.devices import synchronize
+from bench.losses import ReconstructionLoss, TokenNormalisedLoss
 from methods.base import LayerSpec, SparseLayer
 
 
@@ -45,6 +47,7 @@ class Cell:
     micro_batches: int = 1  # raised after an out-of-memory error; the effective batch stays the same
     autocast_dtype: torch.dtype | None = None  # bf16 compute over fp32 master weights
     forward: Callable | None = None  # the layer's torch.compile'd twin, if any
+    loss: ReconstructionLoss = field(default_factory=TokenNormalisedLoss)  # what train_step minimises
 
     @property
     def compute(self) -> Callable:
@@ -53,8 +56,8 @@ class Cell:
         return self.layer if self.forward is None else self.forward
 
 
-# An NMSE this far above 1 (predicting the mean) means the optimisation has blown up.
-DIVERGED_NMSE = 1e6
+# A loss this many times that of predicting the batch mean (NMSE 1) means the optimisation has blown up.
+DIVERGED_RATIO = 1e6
 
 
 def warmup_then_constant(warmup_steps: int) -> Callable[[int], float]:
@@ -63,17 +66,19 @@ def warmup_then_constant(warmup_steps: int) -> Callable[[int], float]:
 
 def build_cell(method: str, spec: LayerSpec, k: int, expansion: int, settings: OptimiserSettings,
                seed: int, device: torch.device | str = "cpu", autocast_dtype: torch.dtype | None = None,
-               compile: bool = False, **overrides) -> Cell:
+               compile: bool = False, loss: ReconstructionLoss | None = None, **overrides) -> Cell:
     """Create the method's layer (seeded, so a cell's init never depends on the others).
 
     Parameters stay fp32 (the master weights); ``autocast_dtype`` only lowers the compute.
+    ``loss`` defaults to the token-normalised loss (``bench.losses.make_loss`` builds the others).
     """
     torch.manual_seed(seed)
     layer = methods.create(method, spec, k=k, expansion=expansion, **overrides).to(device)
     optimiser = adamw(layer.parameters(), settings)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, warmup_then_constant(settings.warmup_steps))
     forward = torch.compile(layer) if compile else layer
-    return Cell(method, k, layer, optimiser, scheduler, autocast_dtype=autocast_dtype, forward=forward)
+    loss = (loss or TokenNormalisedLoss()).to(device)
+    return Cell(method, k, layer, optimiser, scheduler, autocast_dtype=autocast_dtype, forward=forward, loss=loss)
 
 
 def adamw(parameters, settings: OptimiserSettings) -> torch.optim.AdamW:
@@ -96,25 +101,27 @@ def normalised_mse(estimate: torch.Tensor, target: torch.Tensor) -> torch.Tensor
 def train_step(cell: Cell, x: torch.Tensor, y: torch.Tensor) -> None:
     """One AdamW step of one cell; marks the cell failed instead of raising on a bad loss.
 
-    With ``micro_batches`` > 1 the batch is processed in pieces with gradients accumulated;
-    the NMSE's denominator is taken over the whole batch, so the gradient is the same.
+    With ``micro_batches`` > 1 the batch is processed in pieces with gradients accumulated; each
+    piece's per-token terms are divided by the whole batch's denominator (``ReconstructionLoss``),
+    so the loss and its gradient are those of the whole batch.
     """
     start = time.perf_counter()
     source = y if cell.layer.input_site == "mlp_output" else x
-    variance = (y - y.mean(dim=0, keepdim=True)).pow(2).sum().clamp_min(1e-12)
+    denominator, limit = cell.loss.denominator(y), divergence_limit(cell, y)
     cell.optimiser.zero_grad(set_to_none=True)
     total = 0.0
     for part_source, part_y in zip(source.chunk(cell.micro_batches), y.chunk(cell.micro_batches)):
         with torch.autocast(x.device.type, dtype=cell.autocast_dtype or torch.float32,
                             enabled=cell.autocast_dtype is not None):
             estimate, _ = cell.compute(part_source)
-        loss = (estimate.float() - part_y).pow(2).sum() / variance
-        if not torch.isfinite(loss) or loss.item() > DIVERGED_NMSE:
-            cell.status, cell.error = "failed", f"loss became {loss.item():.4g} at step {cell.steps} (diverged)"
+        loss = cell.loss.token_terms(estimate.float(), part_y).sum() / denominator
+        value = loss.item()
+        if not math.isfinite(value) or value > limit:
+            cell.status, cell.error = "failed", f"loss became {value:.4g} at step {cell.steps} (diverged)"
             cell.optimiser.zero_grad(set_to_none=True)
             return
         loss.backward()
-        total += loss.item()
+        total += value
     cell.layer.project_gradients()
     cell.optimiser.step()
     cell.scheduler.step()
@@ -124,6 +131,13 @@ def train_step(cell: Cell, x: torch.Tensor, y: torch.Tensor) -> None:
     cell.last_loss = total
     synchronize(x.device)  # on a GPU the optimiser step is still queued: charge it to this cell, not the next
     cell.train_time_s += time.perf_counter() - start
+
+
+@torch.no_grad()
+def divergence_limit(cell: Cell, y: torch.Tensor) -> float:
+    """DIVERGED_RATIO times the loss of predicting the batch mean: scale-free, so one threshold serves
+    every loss (for the NMSE it is DIVERGED_RATIO itself). A cell whose loss passes it has blown up."""
+    return DIVERGED_RATIO * max(cell.loss(y.mean(dim=0, keepdim=True).expand_as(y), y).item(), 1e-12)
 
 
 def step_with_oom_retry(cell: Cell, x: torch.Tensor, y: torch.Tensor,
