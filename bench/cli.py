@@ -15,7 +15,7 @@ from bench.config import load_config_file, sweep_configs
 from bench.config_flags import add_config_flags
 from bench.parsing import float_list
 from bench.executors import EXECUTORS, SweepError
-from bench.validation import UsageError, validate
+from bench.validation import UsageError, check_writable, validate
 from bench.perf import add_cost_arguments, add_perf_arguments
 
 EXIT_OK, EXIT_CELL_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -165,6 +165,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = error.args[0] if error.args else str(error)
         print(f"bench: error: {message}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as error:  # a file system that refuses (read-only, full, not a directory): one line, no traceback
+        if args.debug:
+            raise
+        where = f": {error.filename}" if error.filename else ""
+        print(f"bench: error: {error.strerror or error}{where}", file=sys.stderr)
+        return EXIT_USAGE
     return EXIT_OK
 
 
@@ -222,6 +228,7 @@ def plot_and_report(run_dirs: list[Path], figures_root: str, plot: bool, report:
     from bench.plots import plot_results
     from bench.report import write_report
 
+    check_writable(Path(figures_root), "figures directory")
     for run_dir in run_dirs:
         figures = Path(figures_root) / run_dir.name
         if plot:

@@ -118,6 +118,13 @@ def load_config_file(path: str | Path) -> list[dict[str, Any]]:
         document = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"config file {str(path)!r} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {str(path)!r} is a directory; give a .toml file") from None
+    except PermissionError:
+        raise ConfigError(f"config file {str(path)!r} cannot be read (permission denied)") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"config file {path} is not UTF-8 text (invalid byte 0x{error.object[error.start]:02x} "
+                          f"at offset {error.start})") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
     runs = document.pop("runs", [{}])

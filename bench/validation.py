@@ -112,13 +112,13 @@ def validate(cfg: RunConfig) -> None:
     check_names(cfg)
 
 
-def check_writable(run_dir: Path) -> None:
-    """Fail before any heavy work if results cannot be written (creating nothing)."""
-    existing = run_dir
+def check_writable(directory: Path, what: str = "results directory") -> None:
+    """Fail before any heavy work if ``directory`` cannot be created or written (creating nothing)."""
+    existing = directory
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"results directory {run_dir} is not writable ({existing} is not a writable directory)")
+        raise UsageError(f"{what} {directory} is not writable ({existing} is not a writable directory)")
 
 
 def check_dataset(dataset: str) -> None:

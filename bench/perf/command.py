@@ -126,6 +126,8 @@ def load_lm(name: str, random_weights: bool, device: torch.device):
 
 def run_perf(args: argparse.Namespace) -> dict[str, Any]:
     """Measure everything on one device, print the table, write the JSON; returns the JSON's content."""
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be a positive integer, got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
