@@ -64,7 +64,7 @@ def cell_row(cell: Cell, base_row: dict) -> dict:
     row = {**base_row, "method": cell.method, "k": cell.k, "status": cell.status, "error": cell.error,
            "n_params": cell.layer.n_params(), "n_units": cell.layer.n_units,
            "method_config": cell.layer.to_config()["config"], "train_steps": cell.steps, "trained_tokens": cell.tokens,
-           "micro_batches": cell.micro_batches, "train_time_s": round(cell.train_time_s, 2),
+           "micro_batches": cell.micro_batches, "resumed_at_tokens": cell.resumed_at_tokens, "train_time_s": round(cell.train_time_s, 2),
            "final_train_loss": cell.last_loss, "timestamp": timestamp()}
     row["lr"] = cell.optimiser.param_groups[0]["initial_lr"]  # the cell's own (--method-lr), not the run's --lr
     row["settings_digest"] = settings_digest(row)

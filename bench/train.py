@@ -45,6 +45,7 @@ class Cell:
     status: str = "ok"
     error: str | None = None
     micro_batches: int = 1  # raised after an out-of-memory error; the effective batch stays the same
+    resumed_at_tokens: int | None = None  # where an interrupted training was resumed (None: never interrupted)
     autocast_dtype: torch.dtype | None = None  # bf16 compute over fp32 master weights
     forward: Callable | None = None  # the layer's torch.compile'd twin, if any
     loss: ReconstructionLoss = field(default_factory=TokenNormalisedLoss)  # what train_step minimises

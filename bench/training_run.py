@@ -42,6 +42,8 @@ class CheckpointedTraining:
         if saved:
             restore_cells(self.ctx.training_dir, self.cells, saved)
             self.served, self.drawn = saved["tokens_served"], saved["tokens_drawn"]
+            for cell in self.cells:  # the rows say so: a resumed cell skipped the lost shuffle buffer's tokens
+                cell.resumed_at_tokens = self.served
             note(f"resuming {len(self.cells)} cells at {self.served:,} of {self.ctx.cfg.train_tokens:,} tokens")
 
     def save(self, counter: TokenCounter, training_done: bool = False) -> bool:

@@ -27,7 +27,7 @@ def test_bench_run_writes_a_row_per_cell(tmp_path, tiny_model_dir, corpus_file, 
         assert abs(row["delta_ce"] - (row["ce_spliced"] - row["ce_clean"])) < 1e-9
         assert row["versions"]["torch"] and row["hardware"] and row["device"] == "cpu"
         assert row["versions"]["mxbench_source"] != "unknown"  # the code that made the number
-        assert row["train_steps"] == 2048 // 128
+        assert row["train_steps"] == 2048 // 128 and row["resumed_at_tokens"] is None
     assert len({r["ce_clean"] for r in rows}) == 1  # one clean baseline per run
     summary = (tmp_path / "tiny" / "summary.csv").read_text().splitlines()
     assert len(summary) == 5 and summary[0].startswith("model,layer,method,k")

@@ -49,6 +49,7 @@ def test_sigkill_mid_training_then_rerun_completes(tmp_path, tiny_model_dir):
     assert sorted(r["method"] for r in rows) == ["mxd", "tc"]
     assert all(r["status"] == "ok" and r["trained_tokens"] == tokens for r in rows), [
         (r["method"], r["status"], r["trained_tokens"], r.get("error")) for r in rows]
+    assert all(r["resumed_at_tokens"] == served for r in rows), "resumed rows say where they resumed"
     assert not progress.parent.exists(), "training state is removed once every cell is written"
 
 
@@ -110,3 +111,4 @@ def test_ctrl_c_mid_training_saves_the_state(tmp_path, tiny_model_dir, corpus_fi
     capsys.readouterr()
     assert main(_command(tmp_path, tiny_model_dir, corpus_file, 1024)) == 0
     assert "resuming 2 cells at 256 of 1,024 tokens" in capsys.readouterr().err
+    assert {r["resumed_at_tokens"] for r in RunStore(tmp_path / "r").rows()} == {256}
