@@ -58,8 +58,13 @@ def finish_cell(ctx: RunContext, cell: Cell, eval_set: EvalSet) -> dict:
     row = evaluate_cell(ctx, cell, eval_set)
     if cell.status == "ok":  # the checkpoint exists before the row that points at it
         name = f"{cell.method}-k{cell.k}"
-        save_layer(cell.layer, ctx.run_dir / "checkpoints" / name)
-        row["checkpoint"] = f"checkpoints/{name}"
+        try:
+            save_layer(cell.layer, ctx.run_dir / "checkpoints" / name)
+            row["checkpoint"] = f"checkpoints/{name}"
+        except OSError as error:  # a full disk loses the weights, not the measured row
+            row["checkpoint"], row["checkpoint_error"] = None, f"{error.strerror or error}"
+            note(f"cell {cell.method} K={cell.k}: its checkpoint could not be saved ({error.strerror or error}); "
+                 f"the row is kept without it")
     LOGGER.info("cell %s", json.dumps(row, sort_keys=True, default=str))
     ctx.metrics.log({f"{spec.name}/{cell.method}/k{cell.k}": row[spec.name] for spec in shown_in(WANDB)
                      if spec.name in row})
