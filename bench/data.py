@@ -184,28 +184,57 @@ def _datasets_records(records: Iterable[dict], name: str, file: Path | None = No
         raise DataError(f"{name} cannot be read: {str(error).splitlines()[0] if str(error) else error!r}") from None
 
 
+# How texts become contexts (``pack_contexts``); caches and rows record it, so a change is noticed.
+PACKING = "bos-row-start-eos-joined"
+
+
+def boundary_tokens(tokenizer) -> tuple[int, int]:
+    """(the token every context starts with, the token between two documents): BOS and EOS.
+
+    GPT-2's tokenizer has one token for both (<|endoftext|>); a tokenizer with only one of them
+    uses it for both; one with neither is refused.
+    """
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    if bos is None and eos is None:
+        name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        raise DataError(f"tokenizer {name!r} has neither a BOS nor an EOS token; contexts need one to start "
+                        "each row and to join documents")
+    return (bos if bos is not None else eos), (eos if eos is not None else bos)
+
+
 def pack_contexts(texts: Iterable[str], tokenizer, context_length: int,
                   tokenize_batch: int = 64) -> Iterator[torch.Tensor]:
-    """Concatenate ``[BOS] + tokens`` of each document and cut the stream into contexts.
+    """Contexts of ``[BOS] + context_length - 1 tokens`` of the texts joined by EOS.
 
-    Documents are tokenized in batches (fast tokenizers parallelise); the tail shorter than
-    a context is dropped. Yields LongTensors of shape [context_length].
+        stream    = text_1 EOS text_2 EOS text_3 ...            (each text without special tokens)
+        context r = [BOS] + stream[r (T - 1) : (r + 1) (T - 1)]
+
+    Every context starts with BOS wherever it falls in a document, as the MxD reference's rows
+    do and as Llama and Gemma always see text: position 0, whose activations are unlike any other
+    position's, then holds the same start token in every row rather than an arbitrary
+    mid-document token. Documents are separated by EOS. No token of the stream is dropped or
+    repeated except the final tail shorter than T - 1. Texts are tokenized in batches (fast
+    tokenizers parallelise). Yields LongTensors of shape [context_length].
     """
     if context_length < 2:
         raise DataError(f"context length must be >= 2, got {context_length}")
-    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    start, separator = boundary_tokens(tokenizer)
+    body = context_length - 1
     stream: list[int] = []
     batch: list[str] = []
+    first = True
 
     def flush() -> Iterator[torch.Tensor]:
-        nonlocal stream
+        nonlocal stream, first
         for ids in tokenizer(batch, add_special_tokens=False)["input_ids"]:
-            stream.append(bos)
+            if not first:
+                stream.append(separator)
+            first = False
             stream.extend(ids)
         batch.clear()
-        usable = len(stream) - len(stream) % context_length
-        for start in range(0, usable, context_length):
-            yield torch.tensor(stream[start:start + context_length], dtype=torch.long)
+        usable = len(stream) - len(stream) % body
+        for offset in range(0, usable, body):
+            yield torch.tensor([start] + stream[offset:offset + body], dtype=torch.long)
         stream = stream[usable:]
 
     for text in texts:

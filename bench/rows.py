@@ -8,6 +8,7 @@ import json
 import torch
 
 from bench.config import RunConfig
+from bench.data import PACKING
 from bench.devices import hardware_description, precision_label
 from bench.results import CELL_KEY, package_versions, timestamp
 from bench.tasks import resolve_tasks
@@ -19,7 +20,7 @@ from bench.train import Cell
 # over seeds or token budgets); cells that differ only here may not.
 IDENTITY_SETTINGS = ("model_id", "eval_tokens", "ce_tokens", "context_length", "batch_size", "buffer_tokens", "lr",
                      "warmup_steps", "lm_dtype", "precision", "activation_cache_dtype", "compile", "method_config",
-                     "loss")
+                     "loss", "packing")
 
 
 def identity(row: dict) -> dict:
@@ -53,6 +54,7 @@ def settings_row(cfg: RunConfig, model_id: str, layer: int, device: torch.device
         "lr": cfg.lr, "method_lr": cfg.method_lr,
         "warmup_steps": cfg.warmup_steps, "seed": cfg.seed, "device": str(device), "lm_dtype": str(dtype),
         "precision": precision_label(autocast, device), "compile": cfg.compile, "loss": cfg.loss,
+        "packing": PACKING,
         "activation_cache_dtype": cfg.activation_cache_dtype if cfg.activation_cache else None,
         "task_names": resolve_tasks(cfg.tasks) if cfg.tasks else None, "task_limit": cfg.task_limit,
         "hardware": hardware_description(device), "versions": package_versions(),

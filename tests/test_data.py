@@ -42,22 +42,22 @@ def test_missing_field_and_bad_split_are_clear(tmp_path, corpus_file):
         list(iter_documents(str(corpus_file), "test"))
 
 
-def test_packing_puts_bos_at_document_starts(tokenizer):
+def test_packing_starts_every_context_with_bos_and_joins_documents_with_eos(tokenizer):
     texts = ["the cat sat", "a dog ran on the mat", "old king"]
     contexts = list(pack_contexts(texts, tokenizer, context_length=4))
-    stream = torch.cat(contexts).tolist()
-    bos = tokenizer.bos_token_id
-    expected = []
-    for text in texts:
-        expected += [bos] + tokenizer(text, add_special_tokens=False)["input_ids"]
-    assert stream == expected[: len(stream)]
-    assert len(stream) == len(expected) - len(expected) % 4
-    assert all(c.shape == (4,) for c in contexts)
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    expected = []  # the documents joined by EOS, served three tokens per context after a BOS
+    for i, text in enumerate(texts):
+        expected += ([eos] if i else []) + tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert all(c.shape == (4,) and c[0] == bos for c in contexts)
+    body = torch.cat([c[1:] for c in contexts]).tolist()
+    assert body == expected[: len(body)]
+    assert len(body) == len(expected) - len(expected) % 3
 
 
 def test_take_contexts_reports_a_short_split(tokenizer):
     contexts = pack_contexts(["the cat sat on the mat"] * 3, tokenizer, context_length=4)
-    with pytest.raises(DataError, match="only 20 tokens, fewer than the 400"):
+    with pytest.raises(DataError, match="only 24 tokens, fewer than the 400"):  # 6 contexts of BOS + 3
         take_contexts(contexts, 400, 4, split="eval")
 
 
