@@ -11,7 +11,7 @@ from bench.activations import collect_all
 from bench.clustered import clustered_stderr
 from bench.evaluate import CrossEntropyEvaluator
 from bench.logs import note, progress
-from bench.provenance import take_documented_contexts
+from bench.provenance import context_documents, count_documents, take_documented_contexts
 from bench.row_checks import few_documents_warning
 from bench.run_context import RunContext
 from bench.sequence_store import write_sequences
@@ -26,9 +26,9 @@ class EvalSet:
     clean: torch.Tensor  # per-sequence CE of the clean model
     zero: torch.Tensor  # per-sequence CE with the MLP zero-ablated
     baseline_file: str  # where clean and zero CE per sequence are stored, relative to the run directory
-    documents: list[int] | None = None  # per CE sequence: the ordinal of the document it came from
+    documents: list[int] | None = None  # per CE sequence: the document most of its tokens came from
     eval_documents: int | None = None  # documents the NMSE/L0 tokens come from
-    ce_documents: int | None = None  # documents the CE sequences come from
+    ce_documents: int | None = None  # documents the CE tokens come from
 
     def nbytes(self) -> int:
         return self.x.nbytes + self.y.nbytes + self.ce.nbytes()
@@ -60,8 +60,8 @@ def heldout_activations(ctx: RunContext, contexts: torch.Tensor | None = None) -
         return collect_all(ctx.model, ctx.layer, nmse_contexts, ctx.cfg.lm_batch_size, bar.update)
 
 
-def documented_eval_contexts(ctx: RunContext) -> tuple[torch.Tensor, list[int]]:
-    """``eval_contexts`` (enough for NMSE and CE) and, per context, the ordinal of its document."""
+def documented_eval_contexts(ctx: RunContext) -> tuple[torch.Tensor, torch.Tensor]:
+    """``eval_contexts`` (enough for NMSE and CE) and each of their tokens' document (provenance.py)."""
     cfg = ctx.cfg
     return take_documented_contexts(data.iter_pieces(cfg.dataset, "eval"), ctx.tokenizer,
                                     max(cfg.eval_tokens, cfg.ce_tokens), cfg.context_length)
@@ -70,12 +70,13 @@ def documented_eval_contexts(ctx: RunContext) -> tuple[torch.Tensor, list[int]]:
 def build_eval_set(ctx: RunContext) -> EvalSet:
     """Held-out activations, the CE evaluator on held-out contexts, and the clean/zero baselines."""
     cfg = ctx.cfg
-    contexts, documents = documented_eval_contexts(ctx)
+    contexts, token_documents = documented_eval_contexts(ctx)
     x, y = heldout_activations(ctx, contexts)
     ce_contexts = contexts[: -(-cfg.ce_tokens // cfg.context_length)]
-    ce_documents = documents[:len(ce_contexts)]
+    ce_documents = context_documents(token_documents[:len(ce_contexts)])
     n_eval = -(-cfg.eval_tokens // cfg.context_length)
-    counts = {"eval_documents": len(set(documents[:n_eval])), "ce_documents": len(set(ce_documents))}
+    counts = {"eval_documents": count_documents(token_documents[:n_eval]),
+              "ce_documents": count_documents(token_documents[:len(ce_contexts)])}
     for warning in (few_documents_warning("NMSE/L0", n_eval, counts["eval_documents"], "--eval-tokens"),
                     few_documents_warning("CE", len(ce_contexts), counts["ce_documents"], "--ce-tokens")):
         if warning:

@@ -5,8 +5,9 @@ came from. Rather than teach the packer to carry document ids (one more thing to
 every packing rule), the pieces are packed a second time through a stand-in tokenizer that
 replaces every token of a piece by a code for the piece's document and every special token by
 -1: the second pass lays out document codes exactly as the first laid out tokens, whatever the
-packing rule is (BOS per document or per context, EOS between documents, ...). A context
-belongs to the document most of its tokens came from.
+packing rule is (BOS per document or per context, EOS between documents, ...). For standard
+errors a context belongs to the document most of its tokens came from (``context_documents``);
+for "how many documents does the eval set span" every token counts (``count_documents``).
 """
 from __future__ import annotations
 
@@ -48,18 +49,28 @@ class _DocumentCodes:
         return {"input_ids": [[-2 - text.document] * len(row) for text, row in zip(texts, ids)]}
 
 
-def context_document(codes: torch.Tensor) -> int:
-    """The ordinal of the document most of a context's tokens came from (the earlier one on a tie)."""
-    owned = [int(c) for c in codes.tolist() if c <= -2]
-    if not owned:
-        raise RuntimeError("a packed context holds no document's tokens; bench/provenance.py cannot place it")
-    return -2 - Counter(owned).most_common(1)[0][0]
+def context_documents(documents: torch.Tensor) -> list[int]:
+    """Per context (row of ``take_documented_contexts``'s document map), the document most of its
+    tokens came from (the earlier one on a tie): the cluster its sequence belongs to."""
+    out = []
+    for row in documents.tolist():
+        owned = [d for d in row if d != NO_DOCUMENT]
+        if not owned:
+            raise RuntimeError("a packed context holds no document's tokens; bench/provenance.py cannot place it")
+        out.append(Counter(owned).most_common(1)[0][0])
+    return out
+
+
+def count_documents(documents: torch.Tensor) -> int:
+    """How many documents the tokens of these contexts come from (any token counts)."""
+    return len(set(documents[documents != NO_DOCUMENT].tolist()))
 
 
 def take_documented_contexts(pieces: Iterable[tuple[str, str]], tokenizer, n_tokens: int, context_length: int,
-                             split: str = "eval") -> tuple[torch.Tensor, list[int]]:
-    """``take_contexts`` of the packed texts of ``pieces`` ((document key, text) pairs), and for each
-    context the ordinal of its document: 0 for the first document seen, 1 for the next, ..."""
+                             split: str = "eval") -> tuple[torch.Tensor, torch.Tensor]:
+    """``take_contexts`` of the packed texts of ``pieces`` ((document key, text) pairs), and beside it
+    a tensor of the same shape holding each token's document: 0 for the first document seen, 1 for
+    the next, ..., NO_DOCUMENT for a special token."""
     ordinals: dict[str, int] = {}
 
     def texts() -> Iterable[_Piece]:
@@ -74,4 +85,4 @@ def take_documented_contexts(pieces: Iterable[tuple[str, str]], tokenizer, n_tok
                           context_length, split)
     if codes.shape != contexts.shape:  # cannot happen while packing depends on token counts alone
         raise RuntimeError(f"document codes {tuple(codes.shape)} do not match contexts {tuple(contexts.shape)}")
-    return contexts, [context_document(row) for row in codes]
+    return contexts, torch.where(codes <= -2, -2 - codes, torch.full_like(codes, NO_DOCUMENT))

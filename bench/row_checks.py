@@ -20,12 +20,12 @@ MIN_EXPECTED_FIRINGS = 5
 
 
 def few_documents_warning(what: str, n_sequences: int, n_documents: int, flag: str) -> str | None:
-    """A line when the ``what`` sequences come from fewer than MIN_DOCUMENTS documents."""
+    """A line when the tokens of the ``what`` sequences come from fewer than MIN_DOCUMENTS documents."""
     if n_documents >= MIN_DOCUMENTS:
         return None
     return (f"warning: the {n_sequences:,} {what} eval sequences come from only {n_documents} document"
-            f"{'' if n_documents == 1 else 's'}; their standard errors are clustered by document, so they "
-            f"are honest but rest on {max(n_documents - 1, 0)} degrees of freedom. Raise {flag} or use a "
+            f"{'' if n_documents == 1 else 's'}; standard errors are clustered by document, so they are "
+            f"honest but rest on at most {max(n_documents - 1, 0)} degrees of freedom. Raise {flag} or use a "
             f"corpus with more documents for tighter ones")
 
 

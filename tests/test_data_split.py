@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 
 from bench.data import iter_documents, iter_pieces, pack_contexts, take_contexts
-from bench.provenance import take_documented_contexts
+from bench.provenance import NO_DOCUMENT, context_documents, count_documents, take_documented_contexts
 from bench.split import CHUNK_CHARS, is_eval_document, split_document, text_chunks
 from tests.conftest import sentence
 
@@ -46,10 +46,11 @@ def test_few_long_documents_give_eval_contexts_from_many_of_them(books, tokenize
     pieces = list(iter_pieces(path, "eval"))
     most_tokens = max(len(tokenizer(text)["input_ids"]) for _, text in pieces)
     assert most_tokens <= 256  # a piece is at most one chunk: 1,000 characters, here <= 256 tokens
-    _, documents = take_documented_contexts(iter(pieces), tokenizer, 4096, 128)
+    _, token_documents = take_documented_contexts(iter(pieces), tokenizer, 4096, 128)
     # 32 contexts of 128 tokens; a piece of <= 256 tokens is the majority of at most 3 contexts, and
     # round-robin serves one piece per document before any document's second: >= 32 / 3 documents.
-    assert len(set(documents)) >= 11
+    assert len(set(context_documents(token_documents))) >= 11
+    assert count_documents(token_documents) >= len(set(context_documents(token_documents)))
     # The whole-document split this replaces holds out at most a few books (here none), and any one
     # of them alone fills all 32 contexts: one document, however many sequences.
     assert sum(is_eval_document(r["id"]) for r in records) <= 3
@@ -93,13 +94,18 @@ def test_eval_pieces_take_turns_between_documents(books):
     assert len(set(first_round)) == len(first_round)  # every document's first eval chunk before any second
 
 
-def test_each_context_is_traced_to_the_document_its_tokens_came_from(tokenizer):
-    """Documents made of one word each: a context's document is the one whose word fills most of it."""
+def test_each_token_and_context_is_traced_to_its_document(tokenizer):
+    """Documents made of one word each: every token's document is its word's, a special token's is
+    none, and a context's document is the one whose word fills most of it."""
     words = ["cat", "dog", "river", "king", "music", "water", "light", "city"]
     pieces = [(f"doc-{w}", " ".join([w] * n)) for w, n in zip(words, (50, 7, 130, 20, 64, 3, 90, 40))]
-    contexts, documents = take_documented_contexts(iter(pieces), tokenizer, 32 * 12, 32)
+    contexts, token_documents = take_documented_contexts(iter(pieces), tokenizer, 32 * 12, 32)
     word_of_id = {tokenizer.convert_tokens_to_ids(w): w for w in words}
-    for context, document in zip(contexts, documents):
+    expected = [[words.index(word_of_id[t]) if t in word_of_id else NO_DOCUMENT for t in row]
+                for row in contexts.tolist()]
+    assert token_documents.tolist() == expected
+    assert count_documents(token_documents) == 8  # the 12 contexts reach into every document
+    for context, document in zip(contexts, context_documents(token_documents)):
         counts = Counter(word_of_id[t] for t in context.tolist() if t in word_of_id)
         top = max(counts.values())
         first_top = next(word_of_id[t] for t in context.tolist() if t in word_of_id and counts[word_of_id[t]] == top)
@@ -109,5 +115,5 @@ def test_each_context_is_traced_to_the_document_its_tokens_came_from(tokenizer):
 def test_documented_contexts_are_the_plain_contexts(books, tokenizer):
     path, _ = books
     plain = take_contexts(pack_contexts(iter_documents(path, "eval"), tokenizer, 64), 2048, 64)
-    documented, documents = take_documented_contexts(iter_pieces(path, "eval"), tokenizer, 2048, 64)
-    assert documented.equal(plain) and len(documents) == len(plain)
+    documented, token_documents = take_documented_contexts(iter_pieces(path, "eval"), tokenizer, 2048, 64)
+    assert documented.equal(plain) and token_documents.shape == plain.shape
