@@ -13,7 +13,7 @@ from sklearn.metrics import balanced_accuracy_score, f1_score
 from bench.probing import datasets as probe_datasets
 from bench.probing.codes import pool_padded_codes
 from bench.probing.metrics import bootstrap_indices, bootstrap_standard_errors, stratified_split
-from bench.probing.probes import fit_logistic_1d, probe_class
+from bench.probing.probes import fit_logistic, fit_logistic_1d, probe_class
 from bench.probing.scoring import score_features
 from methods.base import SparseCodes
 
@@ -117,6 +117,17 @@ def test_batched_one_unit_logistic_fits_match_sklearn(separable):
         reference.fit(features[:, [unit]], labels)
         assert slopes[unit] == pytest.approx(reference.coef_[0, 0], abs=1e-5)
         assert intercepts[unit] == pytest.approx(reference.intercept_[0], abs=1e-5)
+
+
+@pytest.mark.parametrize("n_features", [1, 5, 40])
+def test_joint_logistic_fit_matches_sklearn(n_features):
+    rng = np.random.default_rng(n_features)
+    labels = rng.random(200) < 0.2
+    features = rng.normal(size=(200, n_features)) + labels[:, None] * rng.uniform(-1, 2, n_features)
+    coefficients, intercept = fit_logistic(features, labels)
+    reference = LogisticRegression(C=1.0, class_weight="balanced", tol=1e-10, max_iter=10000).fit(features, labels)
+    np.testing.assert_allclose(coefficients, reference.coef_[0], atol=1e-5)
+    assert intercept == pytest.approx(reference.intercept_[0], abs=1e-5)
 
 
 def test_stratified_split_holds_out_a_fifth_of_every_class():

@@ -1,4 +1,4 @@
-"""probe_run end to end on a tiny run directory: two saved cells on a tiny Llama, a local dataset."""
+"""probe_run end to end on a tiny run directory: three saved cells on a tiny Llama, a local dataset."""
 from __future__ import annotations
 
 import json
@@ -19,21 +19,21 @@ LAYER = 1
 
 @pytest.fixture
 def tiny_run(tmp_path, tiny_model_dir):
-    """A run directory with a TC and an MxD cell saved for layer 1 of the tiny Llama, and a 2-class dataset."""
+    """A run directory with TC, MxD and SAE cells saved for layer 1 of the tiny Llama, and a 2-class dataset."""
     from transformers import AutoModelForCausalLM
 
     from bench.models import layer_spec
 
     spec = layer_spec(AutoModelForCausalLM.from_pretrained(tiny_model_dir), LAYER)
     rows = []
-    for method in ("tc", "mxd"):
+    for method in ("tc", "mxd", "sae"):  # the SAE reads the MLP output, the others its input
         torch.manual_seed(0)
         layer = create(method, spec, expansion=4, k=4)
         save_layer(layer, tmp_path / "run" / "checkpoints" / f"{method}-k4")
         rows.append({"model": str(tiny_model_dir), "layer": LAYER, "method": method, "k": 4, "expansion": 4,
                      "train_tokens": 1024, "seed": 0, "dataset": "local", "status": "ok", "n_units": layer.n_units,
                      "checkpoint": f"checkpoints/{method}-k4", "delta_ce": 0.5})
-    rows.append({**rows[0], "method": "sae", "status": "failed", "checkpoint": None})
+    rows.append({**rows[0], "method": "stc", "status": "failed", "checkpoint": None})
     (tmp_path / "run" / "cells.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     docs = make_documents(80, seed=3)
     data = tmp_path / "labelled.jsonl"
@@ -47,7 +47,7 @@ def test_probe_run_scores_every_saved_cell_and_the_baselines_then_reuses_them(ti
     rows = runner.probe_run(run_dir, [str(data)], device="cpu", max_per_class=20, seed=0, ks=(1, 2))
     sources = {(r["kind"], r["method"], r.get("n_units")) for r in rows}
     widths = sorted({r["n_units"] for r in rows if r["kind"] == "cell"})
-    assert {s[1] for s in sources} == {"tc", "mxd", "baseline:mlp-neurons", "baseline:random-projection",
+    assert {s[1] for s in sources} == {"tc", "mxd", "sae", "baseline:mlp-neurons", "baseline:random-projection",
                                        "baseline:dense-probe"}
     assert sorted(n for kind, method, n in sources if method == "baseline:random-projection") == widths
     per_source = {}

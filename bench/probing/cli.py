@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.parsing import name_list
-from bench.probing.datasets import DEFAULT_DATASETS, dataset_names
+from bench.probing.datasets import DEFAULT_DATASETS, DEFAULT_TEXTS_PER_CLASS, dataset_names
 from bench.probing.probes import PROBE_KS
-from bench.probing.runner import DEFAULT_TEXTS_PER_CLASS, ProbeError, probe_run
 
 
 def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,6 +26,8 @@ def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_probe_command(args: argparse.Namespace) -> int:
     """Probe each run directory in turn and print its table; returns the exit code (0)."""
+    from bench.probing.runner import ProbeError, probe_run
+
     if args.texts_per_class < 2:
         raise ProbeError(f"--texts-per-class must be at least 2, got {args.texts_per_class}")
     for run in args.runs:

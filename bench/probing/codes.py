@@ -69,8 +69,12 @@ def content_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def collect_text_activations(model: nn.Module, layer: int, tokenizer, texts: list[str],
-                             batch_size: int = 16) -> TextActivations:
-    """One LM pass per batch of texts (sorted by length, so little padding), stopping after ``layer``'s MLP."""
+                             batch_size: int = 16, keep_output: bool = True) -> TextActivations:
+    """One LM pass per batch of texts (sorted by length, so little padding), stopping after ``layer``'s MLP.
+
+    Without ``keep_output`` the MLP outputs are not kept (``y`` is empty): half the memory when no
+    probed layer reads them.
+    """
     ids, kept = tokenize_texts(tokenizer, texts)
     if not ids:
         raise ValueError(f"no text has at least {MIN_TEXT_TOKENS} tokens")
@@ -83,7 +87,7 @@ def collect_text_activations(model: nn.Module, layer: int, tokenizer, texts: lis
         x, y = collect_mlp_io(model, layer, input_ids)
         keep = content_mask(attention).reshape(-1).to(x.device)
         xs.append(x[keep].cpu())
-        ys.append(y[keep].cpu())
+        ys.append(y[keep].cpu() if keep_output else y.new_empty(0, y.shape[-1]).cpu())
         owners.append(torch.tensor(rows).repeat_interleave(attention.sum(1) - 1))
     return TextActivations(torch.cat(xs), torch.cat(ys), torch.cat(owners), kept)
 
@@ -121,6 +125,8 @@ def pooled_codes(layer: SparseLayer, acts: TextActivations, device: torch.device
                  chunk_tokens: int = 8192) -> torch.Tensor:
     """[texts, n_units] mean codes of ``layer``, fed x or y as its ``input_site`` says."""
     source = acts.y if layer.input_site == "mlp_output" else acts.x
+    if len(source) != len(acts.text_index):
+        raise ValueError(f"layer {layer.name!r} reads the MLP {layer.input_site}, which was not collected")
     total = torch.zeros(acts.n_texts, layer.n_units)
     dtype = next(layer.parameters()).dtype
     for start in range(0, len(source), chunk_tokens):

@@ -23,6 +23,9 @@ from bench.data import embedded_corpus_path
 DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "probing"
 OFFLINE_DATASETS = ("wiki-topic", "wiki-language", "code-language", "sentiment")
 DEFAULT_DATASETS = OFFLINE_DATASETS
+# Sized so that `bench probe` on the default run (embedded Gemma, 16 cells, the 4 offline datasets)
+# stays under 10 minutes on 2 CPU cores; docs/PROBING.md gives the estimate.
+DEFAULT_TEXTS_PER_CLASS = 100
 WIKI_CATCH_ALL = "Uncategorized"
 WIKI_LANGUAGES = {"en": "summaries_en-us.json", "es": "summaries_es-es.json", "fr": "summaries_fr-fr.json"}
 # A hub dataset streamed until every class has this many times the texts asked for; the sample is

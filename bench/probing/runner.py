@@ -9,6 +9,7 @@ interrupted run resumes where it stopped.
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,18 +20,16 @@ import torch
 
 from bench.devices import resolve_device, resolve_dtype
 from bench.logs import note
-from bench.probing.codes import (TextActivations, collect_text_activations, pooled_codes, pooled_mlp_neurons,
-                                 random_projection, segment_mean)
-from bench.probing.datasets import DEFAULT_DATASETS, ProbeDataError, ProbeDataset, load_probe_dataset
+from bench.probing.codes import (MIN_TEXT_TOKENS, TextActivations, collect_text_activations, pooled_codes,
+                                 pooled_mlp_neurons, random_projection, segment_mean)
+from bench.probing.datasets import (DEFAULT_DATASETS, DEFAULT_TEXTS_PER_CLASS, ProbeDataError, ProbeDataset,
+                                    load_probe_dataset)
 from bench.probing.metrics import stratified_split
 from bench.probing.probes import PROBE_KS
 from bench.probing.scoring import score_features
 from bench.probing.store import ProbeStore, row_key
 from bench.results import CELL_KEY, RunStore
 
-# Sized so that `bench probe` on the default run (embedded Gemma, 16 cells, 4 datasets) stays under
-# 10 minutes on 2 CPU cores; see docs/PROBING.md for the measurement.
-DEFAULT_TEXTS_PER_CLASS = 100
 COPIED_FROM_CELL = ("delta_ce", "delta_ce_stderr", "ce_recovered", "nmse", "l0", "dead_fraction", "n_params")
 
 
@@ -45,6 +44,7 @@ class Source:
     fields: dict[str, Any]  # identity and context copied into every row
     features: Callable[[TextActivations, Any], torch.Tensor]  # (activations, loaded LM) -> [texts, units]
     dense: bool = False
+    reads_output: bool = False  # needs the MLP's output (an SAE), not only its input
 
 
 def saved_cells(run_dir: Path) -> list[dict[str, Any]]:
@@ -97,11 +97,12 @@ def probe_run(run_dir: Path, datasets: list[str] | None = None, device: str = "a
 def _probe_dataset(data: ProbeDataset, lm, layer: int, sources: list[Source], store: ProbeStore,
                    context: dict[str, Any], ks: tuple[int, ...], seed: int) -> None:
     started = time.perf_counter()
-    acts = collect_text_activations(lm.model, layer, lm.tokenizer, data.texts)
+    acts = collect_text_activations(lm.model, layer, lm.tokenizer, data.texts,
+                                    keep_output=any(source.reads_output for source in sources))
     labels = np.array([data.classes.index(data.labels[i]) for i in acts.kept])
     present = sorted(set(labels.tolist()))
     if len(present) < 2 or min(np.bincount(labels)[present]) < 2:
-        raise ProbeDataError(f"dataset {data.name!r}: too few texts of {5}+ tokens per class to split")
+        raise ProbeDataError(f"dataset {data.name!r}: too few texts of {MIN_TEXT_TOKENS}+ tokens per class to split")
     train, test = stratified_split(labels, seed=seed)
     note(f"probing {data.name}: {acts.n_texts:,} texts ({len(data.texts) - acts.n_texts} under 5 tokens dropped), "
          f"{len(data.classes)} classes, {len(acts.x):,} tokens; LM pass {time.perf_counter() - started:.0f} s")
@@ -136,7 +137,18 @@ def _cell_source(run_dir: Path, row: dict[str, Any], device: torch.device) -> So
         layer = load_layer(run_dir / row["checkpoint"], device).eval()
         return pooled_codes(layer, acts, device)
 
-    return Source(fields, features)
+    return Source(fields, features, reads_output=_reads_output(run_dir / row["checkpoint"]))
+
+
+def _reads_output(checkpoint: Path) -> bool:
+    """Whether the saved layer's method reads the MLP output (unknown methods: assume it does)."""
+    from methods import get_method
+
+    try:
+        method = json.loads((checkpoint / "config.json").read_text())["method"]
+        return get_method(method).cls.input_site == "mlp_output"
+    except (OSError, ValueError, KeyError):
+        return True
 
 
 def _baselines(group: list[dict[str, Any]], device: torch.device, seed: int) -> list[Source]:
