@@ -13,6 +13,7 @@ from bench.devices import hardware_description, precision_label
 from bench.results import CELL_KEY, package_versions, timestamp
 from bench.tasks import resolve_tasks
 from bench.train import Cell
+from bench.unit_usage import usage_fields
 
 # Settings beyond the cell key (results.CELL_KEY: model, layer, method, K, budget, seed, dataset)
 # that change a cell's numbers. A finished cell counts as done only for the same values; resume
@@ -68,6 +69,7 @@ def cell_row(cell: Cell, base_row: dict) -> dict:
            "method_config": cell.layer.to_config()["config"], "train_steps": cell.steps, "trained_tokens": cell.tokens,
            "micro_batches": cell.micro_batches, "resumed_at_tokens": cell.resumed_at_tokens, "train_time_s": round(cell.train_time_s, 2),
            "final_train_loss": cell.last_loss, "timestamp": timestamp()}
+    row.update(usage_fields(cell.selection_counts, cell.tokens))  # units never selected during training
     row["lr"] = cell.optimiser.param_groups[0]["initial_lr"]  # the cell's own (--method-lr), not the run's --lr
     row["settings_digest"] = settings_digest(row)
     return row

@@ -17,6 +17,7 @@ import torch
 import methods
 from bench.devices import synchronize
 from bench.losses import ReconstructionLoss, TokenNormalisedLoss
+from bench.unit_usage import record, selections
 from methods.base import LayerSpec, SparseLayer
 
 
@@ -49,12 +50,37 @@ class Cell:
     autocast_dtype: torch.dtype | None = None  # bf16 compute over fp32 master weights
     forward: Callable | None = None  # the layer's torch.compile'd twin, if any
     loss: ReconstructionLoss = field(default_factory=TokenNormalisedLoss)  # what train_step minimises
+    # Per unit: training tokens that selected it, and training tokens since it was last selected
+    # (bench.unit_usage). Saved with the training state (``extra_state``), so a resume keeps them.
+    selection_counts: torch.Tensor | None = None
+    tokens_since_selected: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        device = next(self.layer.parameters()).device
+        if self.selection_counts is None:
+            self.selection_counts = torch.zeros(self.layer.n_units, dtype=torch.long, device=device)
+        if self.tokens_since_selected is None:
+            self.tokens_since_selected = torch.zeros(self.layer.n_units, dtype=torch.long, device=device)
 
     @property
     def compute(self) -> Callable:
         """What a step calls: the compiled twin when there is one (never ``forward or layer``: a
         compiled module's truth value raises), else the layer itself."""
         return self.layer if self.forward is None else self.forward
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        """The cell's tensors beyond its layer and optimiser that a resumed run needs."""
+        return {"selection_counts": self.selection_counts, "tokens_since_selected": self.tokens_since_selected}
+
+    def load_extra_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Restore ``extra_state()``; a name missing from ``tensors`` is left as it is."""
+        for name in self.extra_state():
+            if name not in tensors:
+                continue
+            value, current = tensors[name], getattr(self, name)
+            if value.shape != current.shape:
+                raise ValueError(f"saved {name} has shape {tuple(value.shape)}, the cell {tuple(current.shape)}")
+            setattr(self, name, value.to(current.device, current.dtype))
 
 
 # A loss this many times that of predicting the batch mean (NMSE 1) means the optimisation has blown up.
@@ -111,10 +137,11 @@ def train_step(cell: Cell, x: torch.Tensor, y: torch.Tensor) -> None:
     denominator, limit = cell.loss.denominator(y), divergence_limit(cell, y)
     cell.optimiser.zero_grad(set_to_none=True)
     total = 0.0
+    selected = torch.zeros_like(cell.selection_counts)  # committed only if the step completes (an OOM retries it)
     for part_source, part_y in zip(source.chunk(cell.micro_batches), y.chunk(cell.micro_batches)):
         with torch.autocast(x.device.type, dtype=cell.autocast_dtype or torch.float32,
                             enabled=cell.autocast_dtype is not None):
-            estimate, _ = cell.compute(part_source)
+            estimate, codes = cell.compute(part_source)
         loss = cell.loss.token_terms(estimate.float(), part_y).sum() / denominator
         value = loss.item()
         if not math.isfinite(value) or value > limit:
@@ -123,6 +150,7 @@ def train_step(cell: Cell, x: torch.Tensor, y: torch.Tensor) -> None:
             return
         loss.backward()
         total += value
+        selected += selections(codes, cell.layer.n_units)
     cell.layer.project_gradients()
     cell.optimiser.step()
     cell.scheduler.step()
@@ -130,6 +158,7 @@ def train_step(cell: Cell, x: torch.Tensor, y: torch.Tensor) -> None:
     cell.steps += 1
     cell.tokens += len(x)
     cell.last_loss = total
+    record(cell.selection_counts, cell.tokens_since_selected, selected, len(x))
     synchronize(x.device)  # on a GPU the optimiser step is still queued: charge it to this cell, not the next
     cell.train_time_s += time.perf_counter() - start
 
