@@ -107,7 +107,7 @@ def test_scores_are_numbers_the_table_can_print(tiny_run):
     assert all(np.isfinite(r["f1"]) for r in rows)
 
 
-def test_the_probe_command_prints_a_table_and_refuses_bad_input(tiny_run, capsys):
+def test_the_probe_command_prints_a_table_and_refuses_bad_input(tiny_run, capsys, monkeypatch):
     import argparse
 
     from bench.probing import add_probe_arguments, run_probe_command
@@ -122,3 +122,6 @@ def test_the_probe_command_prints_a_table_and_refuses_bad_input(tiny_run, capsys
         run_probe_command(parser.parse_args([str(run_dir), "--texts-per-class", "1"]))
     with pytest.raises(ValueError, match="not a run directory"):
         run_probe_command(parser.parse_args([str(run_dir.parent)]))
+    monkeypatch.chdir(run_dir.parent)  # no results/ here: nothing to probe by default
+    with pytest.raises(ValueError, match="no runs with saved checkpoints under results/"):
+        run_probe_command(parser.parse_args([]))

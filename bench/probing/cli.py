@@ -13,7 +13,8 @@ from bench.probing.probes import PROBE_KS
 
 
 def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("runs", nargs="+", help="run directories (results/<run>) with saved checkpoints")
+    parser.add_argument("runs", nargs="*",
+                        help="run directories (default: every run under results/ with saved checkpoints)")
     parser.add_argument("--datasets", type=name_list, default=None,
                         help=f"comma-separated: {', '.join(dataset_names())} (hub), or a local .jsonl/.parquet/.csv "
                              f"with text and label columns (default: {','.join(DEFAULT_DATASETS)}, all offline)")
@@ -30,15 +31,18 @@ def run_probe_command(args: argparse.Namespace) -> int:
 
     if args.texts_per_class < 2:
         raise ProbeError(f"--texts-per-class must be at least 2, got {args.texts_per_class}")
-    for run in args.runs:
-        run_dir = Path(run)
+    runs = [Path(run) for run in args.runs] or sorted(
+        path.parent for path in Path("results").glob("*/cells.jsonl") if (path.parent / "checkpoints").is_dir())
+    if not runs:
+        raise ProbeError("no runs with saved checkpoints under results/; give run directories (results/<run>)")
+    for run_dir in runs:
         if not (run_dir / "cells.jsonl").is_file():
             raise ProbeError(f"{run_dir}: not a run directory (no cells.jsonl)")
-    for run in args.runs:
+    for run_dir in runs:
         started = time.perf_counter()
-        rows = probe_run(Path(run), args.datasets, args.device, args.texts_per_class, args.seed)
-        print(format_probe_table(rows))
-        print(f"{run}: {len(rows)} probing rows in {Path(run) / 'probing.jsonl'} "
+        rows = probe_run(run_dir, args.datasets, args.device, args.texts_per_class, args.seed)
+        print(f"{run_dir}:\n{format_probe_table(rows)}\n")
+        print(f"{run_dir}: {len(rows)} probing rows in {run_dir / 'probing.jsonl'} "
               f"({time.perf_counter() - started:.0f} s)", file=sys.stderr)
     return 0
 
