@@ -4,9 +4,9 @@
     python scripts/build_probing_data.py --only sentiment --vader-sdist vaderSentiment-3.3.2.tar.gz
 
 code_language.jsonl: one snippet per source file, five languages, from files every install of the
-suite has: Python (the standard library, tests and site-packages left out), C (CPython's headers, numpy's C API headers, libxml2 and
-libxslt headers shipped in lxml), C++ (PyTorch's c10 and ATen/core headers), YAML and Markdown
-(lm-evaluation-harness task configs and READMEs). A snippet is about 400 characters taken from the
+suite has: Python (the standard library, tests and site-packages left out), C (CPython's headers,
+numpy's C API headers, libxml2 and libxslt headers shipped in lxml), C++ (PyTorch's c10 and
+ATen/core headers), YAML and Markdown (lm-evaluation-harness task configs and READMEs). A snippet is about 400 characters taken from the
 first line break after a third of the file, so licence headers are skipped.
 
 sentiment.jsonl: movie-review sentences with human sentiment ratings (mean of about 20 raters on
@@ -60,7 +60,8 @@ def code_sources() -> dict[str, list[tuple[Path, str]]]:
                    if not {"site-packages", "test", "tests"} & set(p.relative_to(stdlib).parts)],
         "C": files(include, "**/*.h", "cpython-include") + files(package_dir("numpy") / "_core" / "include", "**/*.h", "numpy")
              + files(package_dir("lxml") / "includes", "lib*/*.h", "lxml"),
-        "C++": files(torch_include / "c10", "**/*.h", "torch/c10") + files(torch_include / "ATen" / "core", "**/*.h", "torch/ATen/core"),
+        "C++": files(torch_include / "c10", "**/*.h", "torch/c10")
+               + files(torch_include / "ATen" / "core", "**/*.h", "torch/ATen/core"),
         "YAML": files(lm_eval_tasks, "**/*.yaml", "lm_eval/tasks"),
         "Markdown": files(lm_eval_tasks, "**/*.md", "lm_eval/tasks"),
     }
