@@ -1,10 +1,12 @@
 """Figures regenerated from stored results alone: cells.jsonl in, PNG + PDF out, no model touched.
 
 Per (model, layer): CE with the layer spliced vs K (the paper's main figure), each metric
-``bench.metrics`` marks for figures vs K (NMSE, ...), the
-Pareto frontier of CE increase vs L0 and vs parameter count, task accuracy vs K; plus one
-overview grid of delta CE vs K over every model/layer. Anything a run did not record is skipped,
-never guessed, so partial or in-progress runs still plot.
+``bench.metrics`` marks for figures vs K (NMSE, ...), the Pareto frontier of CE increase vs L0
+(and vs parameter count when the methods' sizes differ by PARAMS_MATCHED or more; parameter-matched
+methods would stand in a thin vertical strip there), task accuracy vs K; plus one overview grid of
+delta CE vs K over every model/layer. Anything a run did not record is skipped, never guessed, so
+partial or in-progress runs still plot. Models are named by ``figure_names.display_name``: a local
+path by its directory's name, not the whole path.
 """
 from __future__ import annotations
 
@@ -25,14 +27,17 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullLocator  # noqa: E402
 
-from bench.figure_names import OVERVIEW_STEM, figure_stem  # noqa: E402
+from bench.figure_names import OVERVIEW_STEM, display_name, figure_stem  # noqa: E402
 from bench.metrics import FIGURE, MetricSpec, shown_in  # noqa: E402
 from bench.results_frame import load_results, ordered_methods, task_metrics  # noqa: E402
 from bench.style import (  # noqa: E402
-    RC, MethodStyle, figure_legend, k_axis, legend_right, log_y_if_wide, method_styles, pad_y, save_figure,
+    RC, MethodStyle, k_axis, legend_entries, legend_right, log_y_if_wide, method_styles, pad_y,
+    save_figure,
 )
 
 log = logging.getLogger(__name__)
+
+PARAMS_MATCHED = 0.05  # max/min - 1 of the parameter counts below which the params panel is left out
 
 
 # ----------------------------------------------------------------------------- axes helpers
@@ -51,7 +56,7 @@ def _median(frame: pd.DataFrame, column: str) -> float | None:
 
 
 def _title(model: str, layer: int, frame: pd.DataFrame) -> str:
-    title = f"{model} · layer {layer}"
+    title = f"{display_name(model)} · layer {layer}"
     if "train_tokens" in frame.columns and frame["train_tokens"].notna().any():
         lo, hi = frame["train_tokens"].min(), frame["train_tokens"].max()
         tokens = _human(lo) if lo == hi else f"{_human(lo)}–{_human(hi)}"
@@ -84,6 +89,13 @@ def _with_errors(frame: pd.DataFrame, y: str, yerr: str) -> list[float]:
     values = frame[y].dropna()
     err = frame[yerr].reindex(values.index).fillna(0) if yerr in frame.columns else 0 * values
     return [*values, *(values + err), *(values - err)]
+
+
+def _legend_below(fig: Figure, axes: Sequence[Axes]) -> None:
+    """One legend for every panel, below them: at the upper right it climbs into a figure title
+    that is wider than the panels (one narrow panel under a long title)."""
+    handles, labels = legend_entries(axes)
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels)), frameon=False)
 
 
 def _has(frame: pd.DataFrame, *columns: str) -> bool:
@@ -166,16 +178,32 @@ def _pareto_panel(ax: Axes, frame: pd.DataFrame, x: str, styles: dict[str, Metho
     ax.set_ylabel("ΔCE (spliced − clean)")
 
 
+def _params_spread(frame: pd.DataFrame) -> tuple[float, float] | None:
+    """(smallest, largest) parameter count of the plotted cells, None when none was recorded."""
+    if not _has(frame, "n_params", "delta_ce"):
+        return None
+    params = frame.dropna(subset=["n_params", "delta_ce"])["n_params"]
+    return (float(params.min()), float(params.max())) if (params > 0).all() else None
+
+
 def plot_pareto(frame: pd.DataFrame, styles: dict[str, MethodStyle], title: str) -> Figure | None:
-    """CE increase against sparsity (L0) and against size (params); circled points are the frontier."""
+    """CE increase against sparsity (L0) and against size (params); circled points are the frontier.
+
+    Parameter-matched methods (sizes within PARAMS_MATCHED of each other) get no params panel: its
+    points would share one x and say nothing; the title gives the matched size instead."""
     axes_x = [x for x in ("l0", "n_params") if _has(frame, x, "delta_ce")]
+    spread = _params_spread(frame)
+    if spread and spread[1] / spread[0] - 1 < PARAMS_MATCHED and len(axes_x) > 1:
+        axes_x.remove("n_params")
+        low, high = _human(spread[0]), _human(spread[1])
+        title += f"\nparameter-matched: {low if low == high else f'{low}–{high}'} parameters per cell"
     if not axes_x:
         return None
     fig, axes = plt.subplots(1, len(axes_x), figsize=(4.4 * len(axes_x) + 1.6, 4.0), layout="constrained",
                              squeeze=False)
     for ax, x in zip(axes[0], axes_x):
         _pareto_panel(ax, frame, x, styles)
-    figure_legend(fig, axes[0])
+    _legend_below(fig, axes[0])
     fig.suptitle(title)
     return fig
 
@@ -204,7 +232,7 @@ def plot_tasks_vs_k(frame: pd.DataFrame, styles: dict[str, MethodStyle], title: 
         ax.set_ylabel(f"{metric} (layer spliced)")
     for ax in list(axes.flat)[len(pairs):]:
         ax.set_visible(False)
-    figure_legend(fig, list(axes.flat))
+    _legend_below(fig, list(axes.flat))
     fig.suptitle(title)
     return fig
 
@@ -228,7 +256,7 @@ def plot_overview(frame: pd.DataFrame, styles: dict[str, MethodStyle]) -> Figure
         ax.set_ylabel("ΔCE (spliced − clean)")
     for ax in list(axes.flat)[len(groups):]:
         ax.set_visible(False)
-    figure_legend(fig, list(axes.flat))
+    _legend_below(fig, list(axes.flat))
     fig.suptitle("CE increase with the MLP layer spliced in, every model")
     return fig
 

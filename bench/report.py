@@ -6,22 +6,26 @@ regenerated at any time (after a resumed run, or with new figures) without touch
 from __future__ import annotations
 
 import os
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Callable, Iterable
 
 import pandas as pd
 
-from bench.figure_names import OVERVIEW_STEM, figure_stem, figure_titles
+from bench.figure_names import OVERVIEW_STEM, display_name, figure_stem, figure_titles
 from bench.metrics import REPORT, shown_in
 from bench.results_frame import REQUIRED, method_sort_key, read_cells, task_metrics
 
 DASH = "—"  # a value the run did not record
 SETTINGS = (  # (column, label, formatter)
     ("preset", "preset", str),
+    ("dataset", "dataset", str),
     ("seed", "seed", lambda v: f"{int(v)}"),
     ("train_tokens", "train tokens", lambda v: f"{int(v):,}"),
     ("eval_tokens", "eval tokens (NMSE, L0, dead units)", lambda v: f"{int(v):,}"),
+    ("eval_documents", "documents the eval tokens come from", lambda v: f"{int(v):,}"),
     ("ce_tokens", "CE tokens", lambda v: f"{int(v):,}"),
+    ("ce_documents", "documents the CE tokens come from", lambda v: f"{int(v):,}"),
     ("lr", "learning rate", lambda v: f"{v:g}"),
     ("batch_size", "batch size", lambda v: f"{int(v):,}"),
     ("context_length", "context length", lambda v: f"{int(v):,}"),
@@ -93,10 +97,32 @@ def _settings(rows: pd.DataFrame, cells: pd.DataFrame, cells_file: Path) -> list
     ]
     table = [[label, _unique(rows, column, fmt)] for column, label, fmt in SETTINGS]
     table = [entry for entry in table if entry[1] != DASH]  # settings this run never recorded
-    if "timestamp" in rows.columns and rows["timestamp"].notna().any():
-        stamps = sorted(str(t) for t in rows["timestamp"].dropna())
-        table.append(["timestamps", stamps[0] if stamps[0] == stamps[-1] else f"{stamps[0]} to {stamps[-1]}"])
+    span = _span(rows)
+    if span:
+        table.append(["cells trained and evaluated", span])
     return lines + _table(["setting", "value"], table) + [""]
+
+
+def _span(rows: pd.DataFrame) -> str | None:
+    """First cell's training start to last cell's finish. A row's timestamp is taken when its cell's
+    evaluation begins (eval_time_s follows), after its training, so a cell started training by
+    timestamp - train_time_s (its own optimiser time: the true start is earlier, never later) and
+    finished at timestamp + eval_time_s. Loading the model and the eval set come before and are not in it."""
+    if "timestamp" not in rows.columns:
+        return None
+    starts, ends = [], []
+    for _, row in rows.iterrows():
+        try:
+            stamp = datetime.fromisoformat(str(row["timestamp"]))
+        except ValueError:
+            continue
+        seconds = {key: 0.0 if _missing(row.get(key)) else float(row[key]) for key in ("train_time_s", "eval_time_s")}
+        starts.append(stamp - timedelta(seconds=seconds["train_time_s"]))
+        ends.append(stamp + timedelta(seconds=seconds["eval_time_s"]))
+    if not starts:
+        return None
+    first, last = min(starts), max(ends)
+    return f"{first.isoformat(timespec='seconds')} to {last.isoformat(timespec='seconds')} ({_duration((last - first).total_seconds())})"
 
 
 def _reference_lines(ok: pd.DataFrame) -> list[str]:
@@ -140,8 +166,17 @@ def _metrics_table(ok: pd.DataFrame) -> list[str]:
         values = [row["method"], str(row["k"])] + [spec.format(row.to_dict()) for spec in specs]
         values += [_pm(row.get(f"tasks.{t}.{m}"), row.get(f"tasks.{t}.{m}_stderr"), ".3f") for t, m in tasks]
         rows.append(values + [_duration(row.get("train_time_s"))])
-    caption = "Every metric, one row per cell (ΔCE stderr is paired over the CE sequences):"
-    return [caption, ""] + _table(header, rows) + [""]
+    return [_stderr_caption(ok), ""] + _table(header, rows) + [""]
+
+
+def _stderr_caption(ok: pd.DataFrame) -> str:
+    """What the ± of ΔCE and KL are over: sequences clustered by document when the run recorded
+    documents, else sequences taken as independent."""
+    documents = _unique(ok, "ce_documents", lambda v: f"{int(v):,}")
+    if documents == DASH:
+        return "Every metric, one row per cell (ΔCE and KL stderrs are over the CE sequences, taken as independent):"
+    return ("Every metric, one row per cell (ΔCE and KL stderrs are over the CE sequences, clustered by the "
+            f"{documents} documents they come from):")
 
 
 def _figure_link(path: Path, report_dir: Path, title: str) -> list[str]:
@@ -199,9 +234,9 @@ def write_report(run_dir: Path, figures_dir: Path) -> Path:
         lines += _figure_link(overview, report_dir, "CE increase vs K, every model")
     for (model, layer), group in cells.groupby(["model", "layer"], sort=True):
         ok = ok_rows[(ok_rows["model"] == model) & (ok_rows["layer"] == layer)]
-        lines += [f"## {model} · layer {layer}", ""]
+        lines += [f"## {display_name(model)} · layer {layer}", ""]
         model_ids = _unique(group, "model_id", str)
-        if model_ids not in (DASH, model):
+        if model_ids not in (DASH, display_name(model)):  # what was loaded, where the heading shortens it
             lines += [f"Model id: `{model_ids}`.", ""]
         lines += _reference_lines(ok) + _ce_grid(group, ok)
         if not ok.empty:

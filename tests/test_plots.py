@@ -11,10 +11,10 @@ import pytest
 
 import matplotlib.pyplot as plt
 
-from bench.figure_names import OVERVIEW_STEM, figure_stem, sanitize
-from bench.plots import pareto_front, plot_ce_vs_k, plot_results
+from bench.figure_names import OVERVIEW_STEM, display_name, figure_stem, figures_dir_for, find_run_dirs, sanitize
+from bench.plots import _title, pareto_front, plot_ce_vs_k, plot_overview, plot_pareto, plot_results, plot_tasks_vs_k
 from bench.results_frame import METHOD_ORDER, load_results, read_cells, task_metrics
-from bench.style import method_styles
+from bench.style import RC, method_styles
 
 MODELS = {"gpt2": (8, 3.6011, 3.9500), "EleutherAI/pythia-70m": (3, 3.3222, 3.6100)}
 METHODS = {"tc": 0.030, "mxd": 0.003, "my-plugin": 0.012}  # delta CE at K=16
@@ -238,13 +238,13 @@ COMMITTED_RUNS = sorted(p.parent for p in (REPO / "results").glob("*/cells.jsonl
 
 @pytest.mark.parametrize("run", COMMITTED_RUNS, ids=lambda p: p.name)
 def test_committed_figures_regenerate_from_committed_results(run: Path, tmp_path: Path) -> None:
-    """`bench plot results/<run>` on a fresh clone rebuilds figures/<run>/: the same files, and the
-    same bytes wherever the matplotlib that drew them is the one installed (its version is in each PNG)."""
+    """`bench plot results/<run>` on a fresh clone rebuilds results/<run>/figures/: the same files, and
+    the same bytes wherever the matplotlib that drew them is the one installed (its version is in each PNG)."""
     from PIL import Image
 
-    committed = {p.name: p for p in (REPO / "figures" / run.name).iterdir() if p.suffix in (".png", ".pdf")}
+    committed = {p.name: p for p in figures_dir_for(run).iterdir() if p.suffix in (".png", ".pdf")}
     fresh = {p.name: p for p in plot_results([run], tmp_path)}
-    assert sorted(fresh) == sorted(committed), "figures/ is stale: run `bench plot` and commit what it writes"
+    assert sorted(fresh) == sorted(committed), "figures are stale: run `bench plot` and commit what it writes"
     writers = set()
     for name in (n for n in committed if n.endswith(".png")):
         with Image.open(committed[name]) as old, Image.open(fresh[name]) as new:
@@ -252,9 +252,106 @@ def test_committed_figures_regenerate_from_committed_results(run: Path, tmp_path
             writers |= {old.info.get("Software"), new.info.get("Software")}
     if len(writers) == 1:  # drawn by this very matplotlib: nothing may differ
         for name, path in committed.items():
-            assert path.read_bytes() == fresh[name].read_bytes(), f"{name} differs: regenerate figures/{run.name}"
+            assert path.read_bytes() == fresh[name].read_bytes(), f"{name} differs: regenerate {run}/figures"
 
 
 def test_committed_reference_run_exists() -> None:
     """The README shows figures of a committed run; the test above is only as good as its presence."""
     assert COMMITTED_RUNS, "no results/<run>/cells.jsonl committed"
+
+
+# ----------------------------------------------------------------------------- legends, panels, names
+
+def _overlaps(a, b) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+@pytest.mark.parametrize("models", [["gpt2"], list(MODELS)], ids=["one panel", "two panels"])
+def test_figure_legends_never_cover_the_title(tmp_path: Path, models: list[str]) -> None:
+    """A figure-wide legend at the upper right climbed into the title of a one-panel overview."""
+    rows = [make_row(m, method, k) for m in models for method in METHODS for k in KS]
+    frame = load_results([write_cells(tmp_path / "r", rows)])
+    styles = method_styles(frame.method)
+    one = frame[frame.model == "gpt2"]
+    with plt.rc_context(RC):
+        figures = [plot_overview(frame, styles), plot_pareto(one, styles, "gpt2 · layer 8 · a title this long"),
+                   plot_tasks_vs_k(one, styles, "gpt2 · layer 8")]
+    for fig in figures:
+        try:
+            fig.canvas.draw()
+            renderer = fig.canvas.get_renderer()
+            title = fig._suptitle.get_window_extent(renderer)
+            (legend,) = fig.legends
+            assert not _overlaps(legend.get_window_extent(renderer), title)
+            for ax in fig.axes:
+                if ax.get_visible():
+                    assert not _overlaps(legend.get_window_extent(renderer), ax.get_window_extent(renderer))
+        finally:
+            plt.close(fig)
+
+
+def test_parameter_matched_methods_get_no_parameter_panel(run_dir: Path) -> None:
+    frame = load_results([run_dir])
+    gpt2 = frame[frame.model == "gpt2"]  # n_params within 0.01% of each other
+    fig = plot_pareto(gpt2, method_styles(frame.method), "gpt2")
+    try:
+        assert [ax.get_xlabel() for ax in fig.axes] == ["L0 (mean active units per token)"]
+        assert "parameter-matched: 38.6M parameters per cell" in fig._suptitle.get_text()
+    finally:
+        plt.close(fig)
+
+
+def test_methods_of_different_sizes_keep_the_parameter_panel(run_dir: Path) -> None:
+    frame = load_results([run_dir])
+    gpt2 = frame[frame.model == "gpt2"].copy()
+    gpt2.loc[gpt2.method == "mxd", "n_params"] *= 1.06  # 6% larger: no longer matched
+    fig = plot_pareto(gpt2, method_styles(frame.method), "gpt2")
+    try:
+        assert [ax.get_xlabel() for ax in fig.axes] == ["L0 (mean active units per token)", "parameters (millions)"]
+        assert "parameter-matched" not in fig._suptitle.get_text()
+    finally:
+        plt.close(fig)
+
+
+@pytest.mark.parametrize("model, shown", [
+    ("gpt2", "gpt2"),
+    ("EleutherAI/pythia-410m", "EleutherAI/pythia-410m"),
+    ("/tmp/tmpa81x/checkpoints/my-llama", "my-llama"),
+    ("./models/my-llama/", "my-llama"),
+    ("~/m/llama-3b-ft", "llama-3b-ft"),
+    ("/home/u/.cache/huggingface/hub/models--meta-llama--Llama-3.2-3B/snapshots/0cb88a4f", "meta-llama/Llama-3.2-3B"),
+    ("C:\\Users\\u\\llama", "llama"),
+])
+def test_display_name_of_aliases_hub_ids_and_paths(model: str, shown: str) -> None:
+    assert display_name(model) == shown
+
+
+def test_a_local_model_path_is_named_by_its_directory_in_titles_and_files(tmp_path: Path) -> None:
+    path = "/tmp/tmpa81x/run/L15/my-llama"
+    rows = [{**make_row("gpt2", m, k), "model": path, "model_id": path} for m in METHODS for k in KS]
+    written = plot_results([write_cells(tmp_path / "r", rows)], tmp_path / "out")
+    names = {p.name for p in written}
+    assert "my-llama_L8_ce_vs_k.png" in names and not any("tmp" in n for n in names)
+    assert _title(path, 8, load_results([tmp_path / "r"])).startswith("my-llama · layer 8")
+
+
+def test_figures_go_beside_their_run_unless_a_root_is_given(tmp_path: Path) -> None:
+    run = tmp_path / "somewhere" / "my-run"
+    assert figures_dir_for(run) == run / "figures"
+    assert figures_dir_for(run / "cells.jsonl") == run / "figures"
+    assert figures_dir_for(run, "figures") == Path("figures") / "my-run"
+
+
+def test_a_results_directory_stands_for_every_run_in_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    results = tmp_path / "results"
+    for name in ("b-run", "a-run"):
+        write_cells(results / name, [make_row("gpt2", "tc", 16)])
+    (results / "perf").mkdir()  # not a run: no cells.jsonl
+    assert find_run_dirs([results]) == [results / "a-run", results / "b-run"]
+    assert find_run_dirs([results / "b-run", results]) == [results / "b-run", results / "a-run"]
+    monkeypatch.chdir(tmp_path)
+    assert find_run_dirs([]) == [Path("results/a-run"), Path("results/b-run")]
+    with pytest.raises(ValueError, match="perf: neither a run directory"):
+        find_run_dirs([results / "perf"])
+    with pytest.raises(ValueError, match="nope: no such directory"):
+        find_run_dirs([tmp_path / "nope"])

@@ -88,3 +88,32 @@ def test_a_later_successful_retry_replaces_the_failure(tmp_path: Path) -> None:
             make_row("gpt2", "tc", 16)]
     text = write_report(write_cells(tmp_path / "r", rows).parent, tmp_path / "figs").read_text()
     assert "boom" not in text and "3.6311" in text
+
+
+def test_settings_name_the_dataset_and_the_span_from_first_start_to_last_finish(tmp_path: Path) -> None:
+    rows = [make_row("gpt2", "tc", 16, dataset="my-corpus.jsonl", timestamp="2025-01-01T10:00:00+00:00",
+                     train_time_s=600.0, eval_time_s=30.0),
+            make_row("gpt2", "mxd", 16, dataset="my-corpus.jsonl", timestamp="2025-01-01T10:20:00+00:00",
+                     train_time_s=100.0, eval_time_s=45.0)]
+    text = write_report(write_cells(tmp_path / "r", rows).parent, tmp_path / "figs").read_text()
+    assert "| dataset | my-corpus.jsonl |" in text
+    # tc started training by 10:00 - 10 min = 09:50; mxd finished evaluating at 10:20 + 45 s.
+    assert "| cells trained and evaluated | 2025-01-01T09:50:00+00:00 to 2025-01-01T10:20:45+00:00 (30.8 min) |" in text
+
+
+def test_the_stderr_caption_says_what_the_error_bars_are_over(tmp_path: Path) -> None:
+    old = [make_row("gpt2", m, 16) for m in METHODS]
+    text = write_report(write_cells(tmp_path / "old", old).parent, tmp_path / "figs").read_text()
+    assert "stderrs are over the CE sequences, taken as independent" in text
+    new = [make_row("gpt2", m, 16, ce_documents=37, eval_documents=120) for m in METHODS]
+    text = write_report(write_cells(tmp_path / "new", new).parent, tmp_path / "figs").read_text()
+    assert "clustered by the 37 documents they come from" in text
+    assert "| documents the CE tokens come from | 37 |" in text
+    assert "| documents the eval tokens come from | 120 |" in text
+
+
+def test_a_local_model_path_is_headed_by_its_directory_name(tmp_path: Path) -> None:
+    path = "/tmp/tmpa81x/my-llama"
+    rows = [{**make_row("gpt2", m, 16), "model": path, "model_id": path} for m in METHODS]
+    text = write_report(write_cells(tmp_path / "r", rows).parent, tmp_path / "figs").read_text()
+    assert "## my-llama · layer 8" in text and f"Model id: `{path}`" in text
