@@ -12,6 +12,7 @@ from pathlib import Path
 from bench.config import sweep_configs
 from bench.config_flags import add_config_flags
 from bench.parsing import float_list
+from bench.probing import add_probe_arguments, run_probe_command
 from bench.validation import UsageError, validate
 
 EXIT_OK = 0
@@ -157,4 +158,7 @@ COMMANDS = [
     ("compare", "each method's paired CE and KL difference to a baseline method, per K, with its standard error "
                 "and p-value", add_compare_arguments, compare),
     ("tune", "pick each method's learning rate by held-out loss over a grid", add_tune_arguments, tune),
+    ("probe", "sparse probing: how well single units (or a few) of each saved cell encode known concepts, with "
+              "the MLP's neurons, random projections and a dense probe as baselines", add_probe_arguments,
+     run_probe_command),
 ]
