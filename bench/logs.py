@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import statistics
 import sys
+import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence, TypeVar
 
 from tqdm.auto import tqdm
 
@@ -58,7 +61,68 @@ class MetricsSink:
             self._run = None
 
 
-def progress(description: str, total: int) -> tqdm:
-    """A progress bar on stderr: tokens (scaled, k/M) for big totals, items for small ones."""
-    return tqdm(total=total, desc=description, unit="tok" if total > 1000 else "it", unit_scale=True,
-                dynamic_ncols=True, leave=True)
+def progress(description: str, total: int, initial: int = 0, smoothing: float = 0.3) -> tqdm:
+    """A progress bar on stderr: tokens (scaled, k/M) for big totals, items for small ones.
+
+    ``initial`` is work done before this bar (a resumed run): shown, but not counted in the rate.
+    ``smoothing=0`` makes the rate (and so the ETA) the average since the bar started, which is
+    the honest one for work that stalls in bursts (the training bar, between buffer refills)."""
+    return tqdm(total=total, initial=initial, desc=description, unit="tok" if total > 1000 else "it",
+                unit_scale=True, dynamic_ncols=True, leave=True, smoothing=smoothing)
+
+
+ROTATE_SECONDS = 2.0  # how long the training bar shows each cell's loss before the next one's
+
+
+def loss_postfix(losses: Sequence[tuple[str, float]], turn: int) -> str:
+    """The training bar's loss readout. Up to three cells: each one's last loss. More: the lowest,
+    median and highest (naming the cells at the ends), how many are not finite, and one cell in
+    ``turn`` (the caller advances it every ROTATE_SECONDS), so that every cell is seen in time."""
+    if len(losses) <= 3:
+        return " ".join(f"{name}:{loss:.3f}" for name, loss in losses)
+    finite = sorted((loss, name) for name, loss in losses if math.isfinite(loss))
+    parts = []
+    if finite:
+        median = statistics.median(loss for loss, _ in finite)
+        parts.append(f"loss min {finite[0][0]:.3f} ({finite[0][1]}) med {median:.3f} "
+                     f"max {finite[-1][0]:.3f} ({finite[-1][1]})")
+    if len(finite) < len(losses):
+        parts.append(f"{len(losses) - len(finite)} not finite")
+    name, loss = losses[turn % len(losses)]
+    parts.append(f"{name}:{loss:.3f} [{turn % len(losses) + 1}/{len(losses)}]")
+    return " | ".join(parts)
+
+
+Item = TypeVar("Item")
+
+
+class BufferFill:
+    """Says on the training bar when the shuffle buffer is filling (LM forwards, no training step),
+    so a bar at 0% for minutes, or one that stops at each refill, is explained rather than frozen.
+
+    ``watch`` wraps the activation source: every chunk drawn from it while no training step has
+    come since is buffer filling. ``first_target`` is the rows the first fill needs; refills
+    draw about half a buffer, which is shown as rows drawn so far."""
+
+    def __init__(self, bar: tqdm, first_target: int, interval: float = 0.5) -> None:
+        self.bar, self.target, self.interval = bar, first_target, interval
+        self.rows, self.first, self._shown = 0, True, -math.inf
+
+    def watch(self, chunks: Iterator[Item]) -> Iterator[Item]:
+        for chunk in chunks:
+            self.drawn(len(chunk[0]))
+            yield chunk
+
+    def drawn(self, rows: int) -> None:
+        self.rows += rows
+        if time.monotonic() - self._shown < self.interval:
+            return
+        self._shown = time.monotonic()
+        unit = lambda n: tqdm.format_sizeof(n)  # noqa: E731  (12.3k, as the bar writes tokens)
+        amount = f"{unit(self.rows)}/{unit(self.target)}" if self.first else unit(self.rows)
+        what = "filling" if self.first else "refilling"
+        self.bar.set_postfix_str(f"{what} the shuffle buffer: {amount} activation rows", refresh=True)
+
+    def served(self) -> None:
+        """A training step came: the fill (if any) is over."""
+        self.rows, self.first = 0, False

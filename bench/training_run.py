@@ -6,7 +6,7 @@ import time
 
 from bench.activations import shuffled_batches
 from bench.config import lr_for
-from bench.logs import LOGGER, note, progress
+from bench.logs import LOGGER, ROTATE_SECONDS, BufferFill, loss_postfix, note, progress
 from bench.losses import make_loss
 from bench.rows import identity
 from bench.run_context import RunContext
@@ -61,22 +61,26 @@ class CheckpointedTraining:
         self.resume()
         source, writer = training_source(self.ctx, self.drawn)
         counter = TokenCounter(source, start=self.drawn)
-        batches = shuffled_batches(counter, cfg.train_tokens - self.served, cfg.batch_size, cfg.buffer_tokens,
-                                   cfg.seed + self.drawn, self.ctx.device)
-        with progress(f"training {len(self.cells)} cells", cfg.train_tokens) as bar:
-            bar.update(self.served)
+        # ETA from the average rate since the start (smoothing=0): buffer refills are part of the work.
+        with progress(f"training {len(self.cells)} cells", cfg.train_tokens, initial=self.served, smoothing=0) as bar:
+            fill = BufferFill(bar, min(cfg.buffer_tokens, cfg.train_tokens - self.served))
+            batches = shuffled_batches(fill.watch(counter), cfg.train_tokens - self.served, cfg.batch_size,
+                                       cfg.buffer_tokens, cfg.seed + self.drawn, self.ctx.device)
             try:
-                train_cells(self.cells, batches, lambda tokens, live: self._on_batch(tokens, live, bar, counter), note)
+                train_cells(self.cells, batches,
+                            lambda tokens, live: self._on_batch(tokens, live, bar, counter, fill), note)
             finally:  # also on Ctrl-C: keep the work done so far (each file is replaced atomically)
                 self.save(counter, training_done=self.served >= cfg.train_tokens)
         if writer is not None and writer.tokens >= cfg.train_tokens:
             writer.finish()
             note(f"saved {writer.tokens:,} tokens of activations to the cache at {writer.directory}")
 
-    def _on_batch(self, tokens: int, live: list[Cell], bar, counter: TokenCounter) -> None:
+    def _on_batch(self, tokens: int, live: list[Cell], bar, counter: TokenCounter, fill: BufferFill) -> None:
         self.served += tokens
+        fill.served()
+        turn = int(time.monotonic() / ROTATE_SECONDS)
+        bar.set_postfix_str(loss_postfix([(f"{c.method}/{c.k}", c.last_loss) for c in live], turn), refresh=False)
         bar.update(tokens)
-        bar.set_postfix_str(" ".join(f"{c.method}/{c.k}:{c.last_loss:.3f}" for c in live[:4]), refresh=False)
         self.ctx.metrics.log({f"loss/{c.method}/k{c.k}": c.last_loss for c in live}, step=self.served)
         if time.monotonic() - self.last_save >= self.ctx.cfg.checkpoint_minutes * 60:
             if self.save(counter):
