@@ -175,8 +175,9 @@ def _stderr_caption(ok: pd.DataFrame) -> str:
     documents = _unique(ok, "ce_documents", lambda v: f"{int(v):,}")
     if documents == DASH:
         return "Every metric, one row per cell (ΔCE and KL stderrs are over the CE sequences, taken as independent):"
+    noun = "document it comes" if documents == "1" else "documents they come"
     return ("Every metric, one row per cell (ΔCE and KL stderrs are over the CE sequences, clustered by the "
-            f"{documents} documents they come from):")
+            f"{documents} {noun} from):")
 
 
 def _figure_link(path: Path, report_dir: Path, title: str) -> list[str]:
