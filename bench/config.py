@@ -53,6 +53,10 @@ class RunConfig:
     loss: str = setting(DEFAULT_LOSS, "training loss: token-normalised (each token's squared error over its own "
                                       "output norm), nmse (one ratio over the batch) or post-norm (the error after "
                                       "the block's post-MLP norm: Gemma 2/3)", choices=LOSSES)
+    aux_k_coef: float = setting(0.0, "AuxK dead-unit remedy (0 = off; TopK-SAE practice uses 1/32): adds this "
+                                     "times the dead units' fit of the residual to the loss; see docs/PROTOCOL.md")
+    aux_k: int = setting(512, "AuxK: how many dead units (largest pre-activations) fit the residual per token")
+    dead_window: int = setting(2**14, "AuxK: a unit no training token selected in this many tokens counts as dead")
     seed: int = setting(0, "seed of every cell's initialisation and of the data shuffle")
     checkpoint_minutes: float = setting(10.0, "save training state this often so an interrupted run resumes")
     device: str = setting("auto", "auto (CUDA when torch sees a GPU), cpu, cuda or cuda:N")
@@ -95,6 +99,7 @@ PRESETS: dict[str, dict] = {  # keys: PRESET_NAMES
         ks=[16, 32, 64, 128, 256], expansion=32, dataset="Skylion007/openwebtext",
         train_tokens=480_000_000, eval_tokens=2**20, ce_tokens=3_276_800, batch_size=4096,
         lm_batch_size=64, ce_batch_size=16, buffer_tokens=2**21, lr=2e-4, warmup_steps=5000,
+        dead_window=10_000_000,  # AuxK's window in TopK-SAE practice (used only with --aux-k-coef > 0)
     ),
 }
 

@@ -15,6 +15,15 @@ scale, so no further per-token division is needed there.
 Every loss is (a sum of per-token terms) / (a constant of the whole batch), so a batch split into
 micro-batches (after an out-of-memory error) sums to the same loss and the same gradient when each
 piece is divided by the whole batch's constant.
+
+The opt-in AuxK term (``--aux-k-coef``, TopK-SAE practice) is added to any of them:
+
+    L_aux = ||e_hat - e||^2 / ||e - mean(e)||^2,    e = sg(y - y_hat),  total loss L + coef * L_aux
+
+where e_hat is what the k_aux dead units with the largest pre-activations write (each method's
+``forward_with_aux``), "dead" meaning not selected in the last ``dead_window`` training tokens, and
+sg() stops the gradient. It is defined as 0 while no unit is dead. Like the NMSE, it is divided by
+the whole batch's spread of e.
 """
 from __future__ import annotations
 
@@ -123,3 +132,14 @@ def make_loss(name: str, model: nn.Module | None = None, layer: int | None = Non
             raise LossError("--loss post-norm needs the model and layer whose post-MLP norm it applies")
         return PostNormLoss(post_mlp_norm(model, layer))
     raise LossError(f"unknown loss {name!r}; choose from {', '.join(LOSSES)}")
+
+
+def spread(values: torch.Tensor) -> torch.Tensor:
+    """||v - mean(v)||^2 over a batch of vectors: the denominator of the NMSE and of the AuxK term."""
+    return (values - values.mean(dim=0, keepdim=True)).pow(2).sum().clamp_min(1e-12)
+
+
+def auxk_loss(dead_estimate: torch.Tensor, residual: torch.Tensor, denominator: torch.Tensor | None = None) -> torch.Tensor:
+    """||e_hat - e||^2 / ||e - mean(e)||^2 (``residual`` is e, already detached); ``denominator`` is the
+    whole batch's spread of e when these are a micro-batch's rows."""
+    return (dead_estimate - residual).pow(2).sum() / (spread(residual) if denominator is None else denominator)

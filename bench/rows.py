@@ -21,7 +21,7 @@ from bench.unit_usage import usage_fields
 # over seeds or token budgets); cells that differ only here may not.
 IDENTITY_SETTINGS = ("model_id", "eval_tokens", "ce_tokens", "context_length", "batch_size", "buffer_tokens", "lr",
                      "warmup_steps", "lm_dtype", "precision", "activation_cache_dtype", "compile", "method_config",
-                     "loss", "packing")
+                     "loss", "packing", "aux_k_coef", "aux_k", "dead_window")
 
 
 def identity(row: dict) -> dict:
@@ -55,7 +55,9 @@ def settings_row(cfg: RunConfig, model_id: str, layer: int, device: torch.device
         "lr": cfg.lr, "method_lr": cfg.method_lr,
         "warmup_steps": cfg.warmup_steps, "seed": cfg.seed, "device": str(device), "lm_dtype": str(dtype),
         "precision": precision_label(autocast, device), "compile": cfg.compile, "loss": cfg.loss,
-        "packing": PACKING,
+        "packing": PACKING, "aux_k_coef": cfg.aux_k_coef,
+        "aux_k": cfg.aux_k if cfg.aux_k_coef > 0 else None,  # AuxK's settings only where it is on
+        "dead_window": cfg.dead_window if cfg.aux_k_coef > 0 else None,
         "activation_cache_dtype": cfg.activation_cache_dtype if cfg.activation_cache else None,
         "task_names": resolve_tasks(cfg.tasks) if cfg.tasks else None, "task_limit": cfg.task_limit,
         "hardware": hardware_description(device), "versions": package_versions(),
@@ -70,6 +72,8 @@ def cell_row(cell: Cell, base_row: dict) -> dict:
            "micro_batches": cell.micro_batches, "resumed_at_tokens": cell.resumed_at_tokens, "train_time_s": round(cell.train_time_s, 2),
            "final_train_loss": cell.last_loss, "timestamp": timestamp()}
     row.update(usage_fields(cell.selection_counts, cell.tokens))  # units never selected during training
+    if cell.aux.coef > 0:
+        row["final_aux_loss"] = cell.last_aux_loss
     row["lr"] = cell.optimiser.param_groups[0]["initial_lr"]  # the cell's own (--method-lr), not the run's --lr
     row["settings_digest"] = settings_digest(row)
     return row

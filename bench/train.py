@@ -16,9 +16,9 @@ import torch
 
 import methods
 from bench.devices import synchronize
-from bench.losses import ReconstructionLoss, TokenNormalisedLoss
-from bench.unit_usage import record, selections
-from methods.base import LayerSpec, SparseLayer
+from bench.losses import ReconstructionLoss, TokenNormalisedLoss, auxk_loss, spread
+from bench.unit_usage import dead_mask, record, selections
+from methods.base import LayerSpec, SparseCodes, SparseLayer
 
 
 @dataclass
@@ -28,6 +28,17 @@ class OptimiserSettings:
     lr: float = 4e-4
     warmup_steps: int = 5000
     betas: tuple[float, float] = (0.9, 0.999)
+
+
+@dataclass
+class AuxKSettings:
+    """The opt-in dead-unit remedy (``bench.losses.auxk_loss``), off while ``coef`` is 0: the ``k``
+    dead units with the largest pre-activations fit the residual, a unit being dead when no token
+    selected it in the last ``dead_window`` training tokens."""
+
+    coef: float = 0.0
+    k: int = 512
+    dead_window: int = 2**14
 
 
 @dataclass
@@ -50,6 +61,8 @@ class Cell:
     autocast_dtype: torch.dtype | None = None  # bf16 compute over fp32 master weights
     forward: Callable | None = None  # the layer's torch.compile'd twin, if any
     loss: ReconstructionLoss = field(default_factory=TokenNormalisedLoss)  # what train_step minimises
+    aux: AuxKSettings = field(default_factory=AuxKSettings)
+    last_aux_loss: float = math.nan  # the AuxK term of the last step (0 while no unit is dead)
     # Per unit: training tokens that selected it, and training tokens since it was last selected
     # (bench.unit_usage). Saved with the training state (``extra_state``), so a resume keeps them.
     selection_counts: torch.Tensor | None = None
@@ -93,19 +106,25 @@ def warmup_then_constant(warmup_steps: int) -> Callable[[int], float]:
 
 def build_cell(method: str, spec: LayerSpec, k: int, expansion: int, settings: OptimiserSettings,
                seed: int, device: torch.device | str = "cpu", autocast_dtype: torch.dtype | None = None,
-               compile: bool = False, loss: ReconstructionLoss | None = None, **overrides) -> Cell:
+               compile: bool = False, loss: ReconstructionLoss | None = None, aux: AuxKSettings | None = None,
+               **overrides) -> Cell:
     """Create the method's layer (seeded, so a cell's init never depends on the others).
 
     Parameters stay fp32 (the master weights); ``autocast_dtype`` only lowers the compute.
-    ``loss`` defaults to the token-normalised loss (``bench.losses.make_loss`` builds the others).
+    ``loss`` defaults to the token-normalised loss (``bench.losses.make_loss`` builds the others);
+    ``aux`` (AuxK) is off by default, and refused for a method without ``forward_with_aux``.
     """
     torch.manual_seed(seed)
     layer = methods.create(method, spec, k=k, expansion=expansion, **overrides).to(device)
+    aux = aux or AuxKSettings()
+    if aux.coef > 0 and not layer.supports_aux():
+        raise ValueError(f"--aux-k-coef {aux.coef:g} needs a method with an AuxK term; {method!r} has none")
     optimiser = adamw(layer.parameters(), settings)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, warmup_then_constant(settings.warmup_steps))
     forward = torch.compile(layer) if compile else layer
     loss = (loss or TokenNormalisedLoss()).to(device)
-    return Cell(method, k, layer, optimiser, scheduler, autocast_dtype=autocast_dtype, forward=forward, loss=loss)
+    return Cell(method, k, layer, optimiser, scheduler, autocast_dtype=autocast_dtype, forward=forward, loss=loss,
+                aux=aux)
 
 
 def adamw(parameters, settings: OptimiserSettings) -> torch.optim.AdamW:
@@ -130,22 +149,28 @@ def train_step(cell: Cell, x: torch.Tensor, y: torch.Tensor) -> None:
 
     With ``micro_batches`` > 1 the batch is processed in pieces with gradients accumulated; each
     piece's per-token terms are divided by the whole batch's denominator (``ReconstructionLoss``),
-    so the loss and its gradient are those of the whole batch.
+    so the loss and its gradient are those of the whole batch. With AuxK on and some unit dead,
+    each piece adds coef * its AuxK term, divided by the whole batch's spread of the residual.
     """
     start = time.perf_counter()
     source = y if cell.layer.input_site == "mlp_output" else x
+    pieces = list(zip(source.chunk(cell.micro_batches), y.chunk(cell.micro_batches)))
     denominator, limit = cell.loss.denominator(y), divergence_limit(cell, y)
+    dead = dead_units(cell)
+    aux_denominator = residual_spread(cell, pieces) if dead is not None and len(pieces) > 1 else None
     cell.optimiser.zero_grad(set_to_none=True)
-    total = 0.0
+    total = aux_total = 0.0
     selected = torch.zeros_like(cell.selection_counts)  # committed only if the step completes (an OOM retries it)
-    for part_source, part_y in zip(source.chunk(cell.micro_batches), y.chunk(cell.micro_batches)):
-        with torch.autocast(x.device.type, dtype=cell.autocast_dtype or torch.float32,
-                            enabled=cell.autocast_dtype is not None):
-            estimate, codes = cell.compute(part_source)
-        loss = cell.loss.token_terms(estimate.float(), part_y).sum() / denominator
+    for part_source, part_y in pieces:
+        estimate, codes, dead_estimate = _forward(cell, part_source, dead)
+        loss = cell.loss.token_terms(estimate, part_y).sum() / denominator
         value = loss.item()
-        if not math.isfinite(value) or value > limit:
-            cell.status, cell.error = "failed", f"loss became {value:.4g} at step {cell.steps} (diverged)"
+        if dead_estimate is not None:
+            aux = auxk_loss(dead_estimate, (part_y - estimate).detach(), aux_denominator)
+            aux_total += aux.item()
+            loss = loss + cell.aux.coef * aux
+        if not math.isfinite(value + aux_total) or value > limit:
+            cell.status, cell.error = "failed", f"loss became {value + aux_total:.4g} at step {cell.steps} (diverged)"
             cell.optimiser.zero_grad(set_to_none=True)
             return
         loss.backward()
@@ -157,10 +182,38 @@ def train_step(cell: Cell, x: torch.Tensor, y: torch.Tensor) -> None:
     cell.layer.constrain()
     cell.steps += 1
     cell.tokens += len(x)
-    cell.last_loss = total
+    cell.last_loss, cell.last_aux_loss = total, aux_total
     record(cell.selection_counts, cell.tokens_since_selected, selected, len(x))
     synchronize(x.device)  # on a GPU the optimiser step is still queued: charge it to this cell, not the next
     cell.train_time_s += time.perf_counter() - start
+
+
+def _forward(cell: Cell, source: torch.Tensor,
+             dead: torch.Tensor | None) -> tuple[torch.Tensor, SparseCodes, torch.Tensor | None]:
+    """(y_hat, codes, the dead units' estimate or None), in the cell's compute dtype; y_hat and the
+    estimate come back as fp32 for the loss. With dead units the eager ``forward_with_aux`` runs."""
+    with torch.autocast(source.device.type, dtype=cell.autocast_dtype or torch.float32,
+                        enabled=cell.autocast_dtype is not None):
+        if dead is None:
+            estimate, codes = cell.compute(source)
+            return estimate.float(), codes, None
+        estimate, codes, dead_estimate = cell.layer.forward_with_aux(source, dead, cell.aux.k)
+    return estimate.float(), codes, dead_estimate.float()
+
+
+def dead_units(cell: Cell) -> torch.Tensor | None:
+    """The [n_units] mask of units AuxK treats as dead, or None when AuxK is off or none is dead."""
+    if cell.aux.coef <= 0:
+        return None
+    dead = dead_mask(cell.tokens_since_selected, cell.aux.dead_window)
+    return dead if bool(dead.any()) else None
+
+
+@torch.no_grad()
+def residual_spread(cell: Cell, pieces: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """||e - mean(e)||^2 of the whole batch's residual e = y - y_hat: AuxK's denominator, computed
+    before a micro-batched step (each piece's backward needs it first); costs one more forward."""
+    return spread(torch.cat([part_y - _forward(cell, part_source, None)[0] for part_source, part_y in pieces]))
 
 
 @torch.no_grad()

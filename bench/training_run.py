@@ -10,7 +10,7 @@ from bench.logs import LOGGER, ROTATE_SECONDS, BufferFill, loss_postfix, note, p
 from bench.losses import make_loss
 from bench.rows import identity
 from bench.run_context import RunContext
-from bench.train import Cell, OptimiserSettings, build_cell, train_cells
+from bench.train import AuxKSettings, Cell, OptimiserSettings, build_cell, train_cells
 from bench.training_source import TokenCounter, training_source
 from bench.training_state import StateNotSaved, load_progress, restore_cells, save_training_state
 
@@ -18,8 +18,9 @@ from bench.training_state import StateNotSaved, load_progress, restore_cells, sa
 def build_cells(ctx: RunContext, group: list[tuple[str, int]]) -> list[Cell]:
     cfg = ctx.cfg
     loss = make_loss(cfg.loss, ctx.model, ctx.layer)  # stateless (a frozen norm at most): one for all cells
+    aux = AuxKSettings(cfg.aux_k_coef, cfg.aux_k, cfg.dead_window)
     return [build_cell(m, ctx.spec, k, cfg.expansion, OptimiserSettings(lr=lr_for(cfg, m), warmup_steps=cfg.warmup_steps),
-                       cfg.seed, ctx.device, ctx.autocast, cfg.compile, loss=loss) for m, k in group]
+                       cfg.seed, ctx.device, ctx.autocast, cfg.compile, loss=loss, aux=aux) for m, k in group]
 
 
 def resume_key(ctx: RunContext) -> dict:

@@ -18,7 +18,7 @@ from bench.config import PRESETS, RunConfig, flag_name, parse_method_lr, setting
 from bench.devices import check_device_name, resolve_device
 
 POSITIVE_INTS = ("train_tokens", "eval_tokens", "ce_tokens", "batch_size", "expansion", "context_length",
-                 "lm_batch_size", "ce_batch_size", "buffer_tokens")
+                 "lm_batch_size", "ce_batch_size", "buffer_tokens", "aux_k", "dead_window")
 
 
 class UsageError(ValueError):
@@ -87,6 +87,8 @@ def check_ranges(cfg: RunConfig) -> None:
         raise UsageError(f"--memory-budget-gb must be a finite number > 0, got {cfg.memory_budget_gb}")
     if cfg.task_limit is not None and cfg.task_limit < 1:
         raise UsageError(f"--task-limit must be a positive integer, got {cfg.task_limit}")
+    if not (math.isfinite(cfg.aux_k_coef) and cfg.aux_k_coef >= 0):
+        raise UsageError(f"--aux-k-coef must be a finite number >= 0 (0 turns AuxK off), got {cfg.aux_k_coef}")
 
 
 def check_names(cfg: RunConfig) -> None:
@@ -94,6 +96,11 @@ def check_names(cfg: RunConfig) -> None:
     if not cfg.methods:
         raise UsageError("--methods needs at least one method name (or 'all')")
     methods.expand_method_names(cfg.methods)
+    if cfg.aux_k_coef > 0:
+        lacking = [m for m in methods.expand_method_names(cfg.methods) if not methods.get_method(m).cls.supports_aux()]
+        if lacking:
+            raise UsageError(f"--aux-k-coef needs methods with an AuxK term (forward_with_aux); "
+                             f"{', '.join(lacking)} {'has' if len(lacking) == 1 else 'have'} none")
     if cfg.preset not in PRESETS:
         raise UsageError(f"unknown preset {cfg.preset!r}; choose from {', '.join(PRESETS)}")
     if cfg.tasks is not None:

@@ -75,6 +75,22 @@ class SparseLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, SparseCodes]:  # pragma: no cover
         raise NotImplementedError
 
+    def forward_with_aux(self, x: torch.Tensor, dead: torch.Tensor,
+                         k_aux: int) -> tuple[torch.Tensor, SparseCodes, torch.Tensor]:
+        """``forward(x)`` plus the dead units' estimate for the AuxK term: (y_hat, codes, e_hat).
+
+        ``dead`` is a [n_units] bool mask (units not selected for a while). e_hat is what the
+        ``k_aux`` dead units with the largest pre-activations write (no bias); training fits it to
+        the residual y - y_hat, so that the gradient reaches units the TopK never picks. A method
+        whose units are TopK-selected overrides this (``supports_aux``); the default refuses.
+        """
+        raise NotImplementedError(f"method {self.name!r} has no AuxK term (forward_with_aux)")
+
+    @classmethod
+    def supports_aux(cls) -> bool:
+        """Whether the class implements ``forward_with_aux``."""
+        return cls.forward_with_aux is not SparseLayer.forward_with_aux
+
     def project_gradients(self) -> None:
         """Remove gradient components that would break a norm constraint (default: none)."""
 
@@ -114,6 +130,17 @@ def topk_relu(pre_activations: torch.Tensor, k: int) -> SparseCodes:
     """TopK_k(ReLU(pre)); equal to ReLU(TopK_k(pre)), which avoids a dense ReLU pass."""
     values, indices = pre_activations.topk(k, dim=-1, sorted=False)
     return SparseCodes(F.relu(values), indices)
+
+
+def dead_unit_codes(pre_activations: torch.Tensor, dead: torch.Tensor, k_aux: int) -> SparseCodes:
+    """TopK_{k_aux}(ReLU(pre)) over the dead units only, their indices in the layer's numbering.
+
+    Only the dead columns are gathered ([tokens, n_dead]), so the gradient reaches dead units alone;
+    with fewer than ``k_aux`` dead units, all of them are used.
+    """
+    dead_index = dead.nonzero().squeeze(-1)
+    codes = topk_relu(pre_activations.index_select(-1, dead_index), min(k_aux, len(dead_index)))
+    return SparseCodes(codes.values, dead_index[codes.indices])
 
 
 def sparse_decode(codes: SparseCodes, rows: torch.Tensor) -> torch.Tensor:

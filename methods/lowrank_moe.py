@@ -30,6 +30,7 @@ from methods.base import (
     MethodConfig,
     SparseCodes,
     SparseLayer,
+    dead_unit_codes,
     normalise_rows_,
     remove_parallel_gradient_,
     sparse_decode,
@@ -153,19 +154,36 @@ class LowRankMoE(SparseLayer):
         lead, d, k = x.shape[:-1], x.shape[-1], self.config.k
         flat = x.reshape(-1, d)
         codes = topk_relu(self.gate(flat), k)
-        per_call = max(1, MAX_GATHERED_ROWS // (k * self.config.rank))  # tokens per call of the gather kernels
-        if len(flat) <= per_call:
-            y_hat = self.expert_sum(flat, codes)
-        else:
-            y_hat = torch.cat([self.expert_sum(flat[i:i + per_call], SparseCodes(codes.values[i:i + per_call],
-                                                                                codes.indices[i:i + per_call]))
-                               for i in range(0, len(flat), per_call)])
+        y_hat = self.blocked_expert_sum(flat, codes)
         codes = SparseCodes(codes.values.reshape(*lead, k), codes.indices.reshape(*lead, k))
         return (y_hat + self.b_out).reshape(*lead, d), codes
 
+    def forward_with_aux(self, x: torch.Tensor, dead: torch.Tensor,
+                         k_aux: int) -> tuple[torch.Tensor, SparseCodes, torch.Tensor]:
+        """AuxK: e_hat = sum over the k_aux dead experts with the largest gate logits of a_n U_n V_n^T x
+        (their own factors and gate rows are all it moves)."""
+        lead, d, k = x.shape[:-1], x.shape[-1], self.config.k
+        flat = x.reshape(-1, d)
+        logits = self.gate(flat)
+        codes = topk_relu(logits, k)
+        y_hat = self.blocked_expert_sum(flat, codes) + self.b_out
+        dead_estimate = self.blocked_expert_sum(flat, dead_unit_codes(logits, dead, k_aux))
+        codes = SparseCodes(codes.values.reshape(*lead, k), codes.indices.reshape(*lead, k))
+        return y_hat.reshape(*lead, d), codes, dead_estimate.reshape(*lead, d)
+
+    def blocked_expert_sum(self, flat: torch.Tensor, codes: SparseCodes) -> torch.Tensor:
+        """``expert_sum`` in token blocks small enough for the gather kernels' 32-bit sample index."""
+        per_call = max(1, MAX_GATHERED_ROWS // (max(1, codes.indices.shape[-1]) * self.config.rank))
+        if len(flat) <= per_call:
+            return self.expert_sum(flat, codes)
+        return torch.cat([self.expert_sum(flat[i:i + per_call], SparseCodes(codes.values[i:i + per_call],
+                                                                           codes.indices[i:i + per_call]))
+                          for i in range(0, len(flat), per_call)])
+
     def expert_sum(self, x: torch.Tensor, codes: SparseCodes) -> torch.Tensor:
-        """sum_{n in TopK} a_n U_n V_n^T x for a [T, d] block, reading only the K R factor rows each token uses."""
-        d, rank, k = x.shape[-1], self.config.rank, self.config.k
+        """sum_{n in TopK} a_n U_n V_n^T x for a [T, d] block, reading only the K R factor rows each token uses
+        (K is the codes' width: the layer's k, or k_aux for AuxK)."""
+        d, rank, k = x.shape[-1], self.config.rank, codes.indices.shape[-1]
         # Expert n's r-th factor is row n*R + r of the [N*R, d] tables.
         rows = (codes.indices[..., None] * rank + torch.arange(rank, device=x.device)).reshape(-1, k * rank)
         projections = gather_dot(x, rows, self.in_factors.reshape(-1, d))  # v_{n,r} . x

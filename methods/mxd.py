@@ -32,6 +32,7 @@ from methods.base import (
     MethodConfig,
     SparseCodes,
     SparseLayer,
+    dead_unit_codes,
     normalise_rows_,
     remove_parallel_gradient_,
     sparse_decode,
@@ -124,6 +125,23 @@ class MixtureOfDecoders(SparseLayer):
         codes = self.gate_codes(x)
         expert_mix = sparse_decode(codes, self.expert_weights)  # C a, from K columns of C
         return (self.hidden_activations(x) @ self.decoder) * expert_mix + self.b_out, codes
+
+    def forward_with_aux(self, x: torch.Tensor, dead: torch.Tensor,
+                         k_aux: int) -> tuple[torch.Tensor, SparseCodes, torch.Tensor]:
+        """AuxK for the gate: the k_aux dead experts with the largest gate logits fit the residual
+        through the shared dense branch, held fixed:
+
+            a_aux = TopK_{k_aux}(ReLU(G_dead x + b_g,dead)),    e_hat = sg(D^T z) * (C a_aux)
+
+        sg() stops the gradient, so the term moves only dead experts' gate rows, gate biases and
+        columns c_n, never W_enc or D (which every live expert shares).
+        """
+        logits = self.gate(x)
+        codes = topk_relu(logits, self.config.k)
+        dense = self.hidden_activations(x) @ self.decoder  # D^T z
+        y_hat = dense * sparse_decode(codes, self.expert_weights) + self.b_out
+        dead_mix = sparse_decode(dead_unit_codes(logits, dead, k_aux), self.expert_weights)
+        return y_hat, codes, dense.detach() * dead_mix
 
     def project_gradients(self) -> None:
         remove_parallel_gradient_(self.expert_weights)

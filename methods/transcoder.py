@@ -7,6 +7,9 @@ STC:    y_hat = W_dec z + b_out + W_skip x             W_skip in R^{d x d}, no b
 Each latent's decoder direction (a row of ``decoder``) is kept at unit norm: the parallel
 gradient component is projected out before each step and rows renormalised after it.
 The decode only touches the K selected rows (``sparse_decode``).
+
+AuxK (opt-in, ``forward_with_aux``): e_hat = W_dec TopK_{k_aux}(ReLU(W_enc x + b_enc) over dead latents),
+no bias and no skip path, so its gradient reaches only dead latents' encoder rows, biases and decoder rows.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from methods.base import (
     MethodConfig,
     SparseCodes,
     SparseLayer,
+    dead_unit_codes,
     normalise_rows_,
     remove_parallel_gradient_,
     sparse_decode,
@@ -59,12 +63,25 @@ class Transcoder(SparseLayer):
     def width_for(spec: LayerSpec, config: TranscoderConfig) -> int:
         return config.width if config.width is not None else config.expansion * spec.d_model
 
+    def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)
+
     def encode(self, x: torch.Tensor) -> SparseCodes:
-        return topk_relu(self.encoder(x), self.config.k)
+        return topk_relu(self.pre_activations(x), self.config.k)
+
+    def decode(self, x: torch.Tensor, codes: SparseCodes) -> torch.Tensor:
+        return sparse_decode(codes, self.decoder) + self.b_out
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, SparseCodes]:
         codes = self.encode(x)
-        return sparse_decode(codes, self.decoder) + self.b_out, codes
+        return self.decode(x, codes), codes
+
+    def forward_with_aux(self, x: torch.Tensor, dead: torch.Tensor,
+                         k_aux: int) -> tuple[torch.Tensor, SparseCodes, torch.Tensor]:
+        """AuxK (TopK-SAE practice): e_hat = W_dec TopK_{k_aux}(ReLU(pre of the dead latents)), one encoder pass."""
+        pre = self.pre_activations(x)
+        codes = topk_relu(pre, self.config.k)
+        return self.decode(x, codes), codes, sparse_decode(dead_unit_codes(pre, dead, k_aux), self.decoder)
 
     def project_gradients(self) -> None:
         remove_parallel_gradient_(self.decoder)
@@ -118,9 +135,8 @@ class SkipTranscoder(Transcoder):
             raise ValueError(f"expansion={config.expansion} cannot pay for the d x d skip at d={d}")
         return width
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, SparseCodes]:
-        y_hat, codes = super().forward(x)
-        return y_hat + self.skip(x), codes
+    def decode(self, x: torch.Tensor, codes: SparseCodes) -> torch.Tensor:
+        return super().decode(x, codes) + self.skip(x)
 
     def project_gradients(self) -> None:
         remove_parallel_gradient_(self.decoder, min_norm=1 - _ON_SPHERE)  # rows inside the ball are free
