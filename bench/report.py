@@ -122,7 +122,8 @@ def _span(rows: pd.DataFrame) -> str | None:
     if not starts:
         return None
     first, last = min(starts), max(ends)
-    return f"{first.isoformat(timespec='seconds')} to {last.isoformat(timespec='seconds')} ({_duration((last - first).total_seconds())})"
+    took = _duration((last - first).total_seconds())
+    return f"{first.isoformat(timespec='seconds')} to {last.isoformat(timespec='seconds')} ({took})"
 
 
 def _reference_lines(ok: pd.DataFrame) -> list[str]:
