@@ -71,7 +71,7 @@ def cell_row(cell: Cell, base_row: dict) -> dict:
            "method_config": cell.layer.to_config()["config"], "train_steps": cell.steps, "trained_tokens": cell.tokens,
            "micro_batches": cell.micro_batches, "resumed_at_tokens": cell.resumed_at_tokens, "train_time_s": round(cell.train_time_s, 2),
            "final_train_loss": cell.last_loss, "timestamp": timestamp()}
-    row.update(usage_fields(cell.selection_counts, cell.tokens))  # units never selected during training
+    row.update(usage_fields(cell.selection_counts, int(cell.counted_tokens), cell.tokens))  # never selected in training
     if cell.aux.coef > 0:
         row["final_aux_loss"] = cell.last_aux_loss
     row["lr"] = cell.optimiser.param_groups[0]["initial_lr"]  # the cell's own (--method-lr), not the run's --lr

@@ -64,9 +64,11 @@ class Cell:
     aux: AuxKSettings = field(default_factory=AuxKSettings)
     last_aux_loss: float = math.nan  # the AuxK term of the last step (0 while no unit is dead)
     # Per unit: training tokens that selected it, and training tokens since it was last selected
-    # (bench.unit_usage). Saved with the training state (``extra_state``), so a resume keeps them.
+    # (bench.unit_usage); and how many training tokens the counts cover (all of ``tokens`` unless a
+    # resume could not restore them). Saved with the training state (``extra_state``).
     selection_counts: torch.Tensor | None = None
     tokens_since_selected: torch.Tensor | None = None
+    counted_tokens: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         device = next(self.layer.parameters()).device
@@ -74,6 +76,8 @@ class Cell:
             self.selection_counts = torch.zeros(self.layer.n_units, dtype=torch.long, device=device)
         if self.tokens_since_selected is None:
             self.tokens_since_selected = torch.zeros(self.layer.n_units, dtype=torch.long, device=device)
+        if self.counted_tokens is None:
+            self.counted_tokens = torch.zeros((), dtype=torch.long)
 
     @property
     def compute(self) -> Callable:
@@ -83,7 +87,8 @@ class Cell:
 
     def extra_state(self) -> dict[str, torch.Tensor]:
         """The cell's tensors beyond its layer and optimiser that a resumed run needs."""
-        return {"selection_counts": self.selection_counts, "tokens_since_selected": self.tokens_since_selected}
+        return {"selection_counts": self.selection_counts, "tokens_since_selected": self.tokens_since_selected,
+                "counted_tokens": self.counted_tokens}
 
     def load_extra_state(self, tensors: dict[str, torch.Tensor]) -> None:
         """Restore ``extra_state()``; a name missing from ``tensors`` is left as it is."""
@@ -184,6 +189,7 @@ def train_step(cell: Cell, x: torch.Tensor, y: torch.Tensor) -> None:
     cell.tokens += len(x)
     cell.last_loss, cell.last_aux_loss = total, aux_total
     record(cell.selection_counts, cell.tokens_since_selected, selected, len(x))
+    cell.counted_tokens += len(x)
     synchronize(x.device)  # on a GPU the optimiser step is still queued: charge it to this cell, not the next
     cell.train_time_s += time.perf_counter() - start
 

@@ -82,7 +82,9 @@ class CheckpointedTraining:
         turn = int(time.monotonic() / ROTATE_SECONDS)
         bar.set_postfix_str(loss_postfix([(f"{c.method}/{c.k}", c.last_loss) for c in live], turn), refresh=False)
         bar.update(tokens)
-        self.ctx.metrics.log({f"loss/{c.method}/k{c.k}": c.last_loss for c in live}, step=self.served)
+        self.ctx.metrics.log({f"loss/{c.method}/k{c.k}": c.last_loss for c in live}
+                             | {f"aux_loss/{c.method}/k{c.k}": c.last_aux_loss for c in live if c.aux.coef > 0},
+                             step=self.served)
         if time.monotonic() - self.last_save >= self.ctx.cfg.checkpoint_minutes * 60:
             if self.save(counter):
                 LOGGER.info("saved training state at %d tokens", self.served)

@@ -47,10 +47,18 @@ def frequency_histogram(counts: torch.Tensor, tokens: int) -> list[int]:
     return torch.bincount(bucket, minlength=len(HISTOGRAM_BUCKETS)).tolist()
 
 
-def usage_fields(counts: torch.Tensor | None, tokens: int) -> dict:
-    """The row fields of a cell's selection counts (nothing for a cell without counts)."""
+def usage_fields(counts: torch.Tensor | None, counted_tokens: int, trained_tokens: int) -> dict:
+    """The row fields of a cell's selection counts over ``counted_tokens`` training tokens.
+
+    ``never_selected`` and the histogram are reported only when the counts cover every one of the
+    ``trained_tokens`` (a resume that could not restore them would overstate the never-selected);
+    ``selection_counted_tokens`` says what they cover either way.
+    """
     if counts is None or counts.numel() == 0:
         return {}
+    fields: dict = {"selection_counted_tokens": counted_tokens}
+    if counted_tokens != trained_tokens or trained_tokens == 0:
+        return fields
     never = int((counts == 0).sum().item())
-    return {"never_selected": never, "never_selected_fraction": never / counts.numel(),
-            "selection_frequency_histogram": frequency_histogram(counts, max(tokens, 1))}
+    return {**fields, "never_selected": never, "never_selected_fraction": never / counts.numel(),
+            "selection_frequency_histogram": frequency_histogram(counts, trained_tokens)}

@@ -42,7 +42,8 @@ def test_a_unit_the_topk_never_selects_is_counted_as_never_selected():
     x, y = _stream()
     train_cells([cell], [(x[:3], y[:3]), (x[3:], y[3:])])
     assert cell.selection_counts.tolist() == EXPECTED_COUNTS
-    fields = usage_fields(cell.selection_counts, cell.tokens)
+    fields = usage_fields(cell.selection_counts, int(cell.counted_tokens), cell.tokens)
+    assert int(cell.counted_tokens) == cell.tokens == 5 and fields["selection_counted_tokens"] == 5
     assert fields["never_selected"] == 1 and fields["never_selected_fraction"] == pytest.approx(1 / 6)
     assert sum(fields["selection_frequency_histogram"]) == 6
 
@@ -99,6 +100,18 @@ def test_a_cells_row_reports_never_selected_next_to_the_eval_dead_units():
     assert row["selection_frequency_histogram"] == [1, 0, 0, 0, 0, 0, 0, 0, 0, 5]
 
 
+def test_counts_that_miss_part_of_the_stream_are_not_reported_as_never_selected():
+    """A resumed cell whose counts were not restored has counted only the tokens since the resume: its
+    row says so (selection_counted_tokens) instead of reporting an inflated never_selected."""
+    cell = _scripted_cell()
+    x, y = _stream(n_repeats=2)
+    train_cells([cell], [(x, y)])
+    cell.load_extra_state({"counted_tokens": torch.tensor(4)})  # as if 6 of the 10 tokens went uncounted
+    row = cell_row(cell, {"model": "tiny"})
+    assert row["selection_counted_tokens"] == 4 and row["trained_tokens"] == 10
+    assert "never_selected" not in row and "selection_frequency_histogram" not in row
+
+
 def test_the_counts_survive_a_save_and_restore_of_the_cell_state():
     cell = _scripted_cell()
     x, y = _stream(n_repeats=3)
@@ -108,6 +121,7 @@ def test_the_counts_survive_a_save_and_restore_of_the_cell_state():
     resumed.load_extra_state({k[len("cell."):]: v for k, v in load(blob).items()})
     assert torch.equal(resumed.selection_counts, cell.selection_counts)
     assert torch.equal(resumed.tokens_since_selected, cell.tokens_since_selected)
+    assert int(resumed.counted_tokens) == 15
     train_cells([resumed], [(x[:5], y[:5])])
     assert resumed.selection_counts.tolist() == [4 * c for c in EXPECTED_COUNTS]
     with pytest.raises(ValueError, match="saved selection_counts has shape"):
@@ -127,3 +141,4 @@ def test_the_counts_survive_a_training_state_resume(tmp_path):
     restore_cells(tmp_path, [resumed], load_progress(tmp_path, [resumed], {"key": 1}))
     assert resumed.selection_counts.tolist() == [2 * c for c in EXPECTED_COUNTS]
     assert torch.equal(resumed.tokens_since_selected, cell.tokens_since_selected)
+    assert int(resumed.counted_tokens) == resumed.tokens == 10
