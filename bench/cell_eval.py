@@ -9,6 +9,7 @@ import time
 from bench.eval_set import EvalSet
 from bench.evaluate import compare_ce, paired_stderr, reconstruction_metrics
 from bench.logs import LOGGER, note, progress
+from bench.row_checks import dead_units_warning
 from bench.metrics import WANDB, shown_in
 from bench.models import mlp_module
 from bench.rows import cell_row
@@ -29,6 +30,7 @@ def score_layer(ctx: RunContext, layer: SparseLayer, eval_set: EvalSet, row: dic
     scores = eval_set.ce.score(SplicedMLP(layer, mlp_module(ctx.model, ctx.layer)))
     row.update(vars(compare_ce(eval_set.clean, scores["ce"], eval_set.zero)))
     row["kl"], row["kl_stderr"] = scores["kl"].mean().item(), paired_stderr(scores["kl"])
+    row.update(eval_set.document_stats(scores))  # ΔCE and KL stderrs clustered by document; document counts
     row["baseline_sequences"] = eval_set.baseline_file
     row["sequences"] = write_sequences(ctx.run_dir, cell_file_name(row), scores)
     if ctx.base_row.get("task_names"):
@@ -70,6 +72,9 @@ def finish_cell(ctx: RunContext, cell: Cell, eval_set: EvalSet) -> dict:
                      if spec.name in row})
     if cell.status != "ok":
         note(f"cell {cell.method} K={cell.k} failed: {cell.error}")
+    warning = dead_units_warning(row)
+    if warning:
+        note(warning)
     return row
 
 

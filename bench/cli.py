@@ -54,15 +54,18 @@ def build_parser() -> argparse.ArgumentParser:
                      help="GPUs each Ray task asks for (default: 1 for CUDA runs, else 0)")
     run.add_argument("--no-figures", dest="figures", action="store_false",
                      help="skip the figures and REPORT.md written at the end of the run")
-    run.add_argument("--figures-dir", default="figures", help="figures go to <figures-dir>/<run>/ (default: figures)")
+    run.add_argument("--figures-dir", default=None,
+                     help="figures go to <figures-dir>/<run>/ (default: figures/<run> beside the results directory)")
 
     plot = sub.add_parser("plot", help="regenerate the figures of stored runs (no model needed)")
-    plot.add_argument("runs", nargs="*", help="run directories (default: every run under results/)")
-    plot.add_argument("--out", default="figures", help="figures go to <out>/<run>/ (default: figures)")
+    plot.add_argument("runs", nargs="*", help="run or results directories (default: results/)")
+    plot.add_argument("--out", default=None, help="figures go to <out>/<run>/ (default: figures/<run> beside the "
+                                                   "results directory)")
 
     report = sub.add_parser("report", help="write <run>/REPORT.md with tables and the figures embedded")
-    report.add_argument("runs", nargs="*", help="run directories (default: every run under results/)")
-    report.add_argument("--figures", default="figures", help="where the run's figures are (default: figures)")
+    report.add_argument("runs", nargs="*", help="run or results directories (default: results/)")
+    report.add_argument("--figures", default=None, help="figures are in <figures>/<run>/ (default: figures/<run> "
+                                                        "beside the results directory)")
 
     for name, help_text, add_arguments, handler in subcommands.COMMANDS:
         command = sub.add_parser(name, help=help_text)
@@ -164,16 +167,19 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_CELL_FAILED if any(r.get("status") != "ok" for r in rows) else EXIT_OK
 
 
-def plot_and_report(run_dirs: list[Path], figures_root: str, plot: bool, report: bool) -> int:
-    """Figures go to <figures_root>/<run>/, so runs never overwrite each other's files."""
+def plot_and_report(run_dirs: list[Path], figures_root: str | None, plot: bool, report: bool) -> int:
+    """Figures go to figures/<run>/ beside the results directory, or <figures_root>/<run>/ when a root is
+    given (figure_names.figures_dir_for), so runs never overwrite each other's files."""
+    from bench.figure_names import figures_dir_for
     from bench.plots import plot_results
+    from bench.probing_figure import plot_probing
     from bench.report import write_report
 
-    check_writable(Path(figures_root), "figures directory")
     for run_dir in run_dirs:
-        figures = Path(figures_root) / run_dir.name
+        figures = figures_dir_for(run_dir, figures_root)
+        check_writable(figures, "figures directory")
         if plot:
-            written = plot_results([run_dir], figures)
+            written = plot_results([run_dir], figures) + plot_probing(run_dir, figures)
             print(f"{run_dir}: {len(written)} figure files in {figures}", file=sys.stderr)
         if report:
             print(f"{run_dir}: wrote {write_report(run_dir, figures)}", file=sys.stderr)
@@ -181,10 +187,18 @@ def plot_and_report(run_dirs: list[Path], figures_root: str, plot: bool, report:
 
 
 def list_methods() -> int:
+    from bench.config import PRESETS, RunConfig
+
+    run_set = ("k", "expansion")  # every cell of `bench run` takes these from the run, not the method
     for name in methods.method_names():
         entry = methods.get_method(name)
-        params = ", ".join(f"{k}={v}" for k, v in entry.hyperparameters().items())
-        print(f"{name:<18} {entry.description}\n{'':<18} {params}")
+        params = ", ".join(f"{k}={v}" for k, v in entry.hyperparameters().items() if k not in run_set)
+        print(f"{name:<18} {entry.description}\n{'':<18} {params or '(no other hyper-parameters)'}")
+    defaults, paper = RunConfig(), PRESETS["paper"]
+    print(f"\nk and expansion are set by the run, not by the method: --k and --expansion, else the preset's "
+          f"(smoke: k={','.join(map(str, defaults.ks))} expansion={defaults.expansion}; paper: "
+          f"k={','.join(map(str, paper['ks']))} expansion={paper['expansion']}). The values above are each "
+          f"method's own defaults (its Config dataclass and its @register arguments).")
     return EXIT_OK
 
 

@@ -87,8 +87,9 @@ class RunConfig:
         """The run directory's name: ``--run-name``, else ``<model>-<preset>``."""
         if self.run_name:
             return self.run_name
-        model = Path(self.model).name if Path(self.model).exists() else self.model.replace("/", "_")
-        return f"{model}-{self.preset}"
+        from bench.figure_names import display_name, sanitize  # one naming rule for runs, titles and files
+
+        return f"{sanitize(display_name(self.model))}-{self.preset}"
 
 
 PRESETS: dict[str, dict] = {  # keys: PRESET_NAMES

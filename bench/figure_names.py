@@ -1,12 +1,13 @@
 """Which figures a run gets, what their files are called and where they go: shared by ``bench plot``
 (which draws them), REPORT.md (which links them) and ``bench run``, without importing matplotlib.
 
-Where figures go, one rule: a run directory's figures go to ``<run dir>/figures/``, beside its
-``cells.jsonl`` and ``REPORT.md``, so a run directory copied, synced or uploaded elsewhere keeps its
-report's links working. A figures root given on the command line (``--figures-dir`` of ``bench
-run``, ``--out`` of ``bench plot``, ``--figures`` of ``bench report``) sends them to
-``<root>/<run name>/`` instead. ``bench run --results-dir R`` and ``bench plot R/<run>`` agree
-because both ask ``figures_dir_for`` about the same run directory.
+Where figures go, one rule: the figures of run directory ``R/<run>`` go to ``figures/<run>/`` beside
+the results directory ``R`` (``R/../figures/<run>``), the repository's own layout of ``results/`` and
+``figures/`` side by side, for any ``--results-dir``: never under the current directory. A figures
+root given on the command line (``--figures-dir`` of ``bench run``, ``--out`` of ``bench plot``,
+``--figures`` of ``bench report``) sends them to ``<root>/<run name>/`` instead. ``bench run
+--results-dir R`` and ``bench plot R/<run>`` agree because both ask ``figures_dir_for`` about the
+same run directory.
 """
 from __future__ import annotations
 
@@ -70,12 +71,13 @@ def figure_stem(model: str, layer: int, kind: str) -> str:
 
 
 def figures_dir_for(run_dir: str | Path, figures_root: str | Path | None = None) -> Path:
-    """Where the figures of ``run_dir`` go: ``<run_dir>/figures`` by default, ``<figures_root>/<run
-    name>`` when a root is given (see the module's docstring)."""
+    """Where the figures of ``run_dir`` go: ``figures/<run>`` beside its results directory by default,
+    ``<figures_root>/<run name>`` when a root is given (see the module's docstring)."""
     run_dir = Path(run_dir)
     if run_dir.name == "cells.jsonl":
         run_dir = run_dir.parent
-    return run_dir / FIGURES_SUBDIR if figures_root is None else Path(figures_root) / run_dir.name
+    root = run_dir.parent.parent / FIGURES_SUBDIR if figures_root is None else Path(figures_root)
+    return root / run_dir.name
 
 
 def find_run_dirs(paths: Sequence[str | Path] = ()) -> list[Path]:

@@ -140,13 +140,11 @@ def compare(args: argparse.Namespace) -> int:
 
 
 def run_dirs(given: list[str]) -> list[Path]:
-    """The run directories given, or every run under ./results."""
-    if given:
-        return [Path(p) for p in given]
-    found = sorted(p.parent for p in Path("results").glob("*/cells.jsonl"))
-    if not found:
-        raise UsageError("no runs found under results/; give run directories (results/<run>)")
-    return found
+    """The run directories given (a results directory stands for every run in it), or every run
+    under ./results; a path that holds no run is a one-line error (figure_names.RunsNotFound)."""
+    from bench.figure_names import find_run_dirs
+
+    return find_run_dirs(given)
 
 
 # (name, help, add_arguments, handler)

@@ -14,6 +14,8 @@ from bench.activation_cache import CacheKey, CacheWriter, StaleCache, open_cache
 from bench.activations import lm_chunks
 from bench.logs import note
 from bench.run_context import RunContext
+from bench.data import PACKING
+from bench.split import SPLIT_RULE
 
 Chunks = Iterator[tuple[torch.Tensor, torch.Tensor]]
 
@@ -50,7 +52,9 @@ def _live(ctx: RunContext, drawn: int) -> Chunks:
 def cache_key(ctx: RunContext) -> CacheKey:
     """Everything that changes the cached activations."""
     cfg, tokenizer = ctx.cfg, ctx.tokenizer
-    return CacheKey(ctx.lm.model_id, ctx.layer, cfg.dataset, "train", cfg.context_length,
+    # The LM's dtype and device kind change the activations; the split and packing rules change the rows.
+    model = f"{ctx.lm.model_id}|{ctx.base_row['lm_dtype']}|{ctx.device.type}"
+    return CacheKey(model, ctx.layer, cfg.dataset, f"train:{SPLIT_RULE}:{PACKING}", cfg.context_length,
                     f"{getattr(tokenizer, 'name_or_path', '')}:{len(tokenizer)}", cfg.activation_cache_dtype)
 
 

@@ -238,7 +238,7 @@ COMMITTED_RUNS = sorted(p.parent for p in (REPO / "results").glob("*/cells.jsonl
 
 @pytest.mark.parametrize("run", COMMITTED_RUNS, ids=lambda p: p.name)
 def test_committed_figures_regenerate_from_committed_results(run: Path, tmp_path: Path) -> None:
-    """`bench plot results/<run>` on a fresh clone rebuilds results/<run>/figures/: the same files, and
+    """`bench plot results/<run>` on a fresh clone rebuilds figures/<run>/: the same files, and
     the same bytes wherever the matplotlib that drew them is the one installed (its version is in each PNG)."""
     from PIL import Image
 
@@ -252,7 +252,7 @@ def test_committed_figures_regenerate_from_committed_results(run: Path, tmp_path
             writers |= {old.info.get("Software"), new.info.get("Software")}
     if len(writers) == 1:  # drawn by this very matplotlib: nothing may differ
         for name, path in committed.items():
-            assert path.read_bytes() == fresh[name].read_bytes(), f"{name} differs: regenerate {run}/figures"
+            assert path.read_bytes() == fresh[name].read_bytes(), f"{name} differs: regenerate {figures_dir_for(run)}"
 
 
 def test_committed_reference_run_exists() -> None:
@@ -337,8 +337,9 @@ def test_a_local_model_path_is_named_by_its_directory_in_titles_and_files(tmp_pa
 
 def test_figures_go_beside_their_run_unless_a_root_is_given(tmp_path: Path) -> None:
     run = tmp_path / "somewhere" / "my-run"
-    assert figures_dir_for(run) == run / "figures"
-    assert figures_dir_for(run / "cells.jsonl") == run / "figures"
+    assert figures_dir_for(run) == run.parent.parent / "figures" / "my-run"
+    assert figures_dir_for(run / "cells.jsonl") == run.parent.parent / "figures" / "my-run"
+    assert figures_dir_for(Path("results/my-run")) == Path("figures/my-run")  # the repository's layout
     assert figures_dir_for(run, "figures") == Path("figures") / "my-run"
 
 

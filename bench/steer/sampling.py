@@ -9,6 +9,8 @@ it was seen. No early stop at EOS: every sample has exactly ``new_tokens`` token
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import nn
 
@@ -45,13 +47,29 @@ def sample(model: nn.Module, prompt_ids: torch.Tensor, n_samples: int, new_token
     generator = torch.Generator(device=device).manual_seed(seed)
     penalty = FrequencyPenalty(frequency_penalty)
     ids = prompt_ids.to(device).expand(n_samples, -1).clone()
+    step, cache = ids, None
     for _ in range(new_tokens):
-        # The whole sequence each step, no KV cache: 32 short steps cost little, and the cache
-        # keyword of transformers' forward is changing name across 5.x releases.
-        logits = model(input_ids=ids, use_cache=False).logits[:, -1].float()
+        logits, cache = _last_logits(model, step, cache)
         probs = top_p_filter(penalty(ids, logits / temperature), top_p).softmax(-1)
-        ids = torch.cat([ids, torch.multinomial(probs, 1, generator=generator)], dim=1)
+        step = torch.multinomial(probs, 1, generator=generator)
+        ids = torch.cat([ids, step], dim=1)
     return ids.cpu()
+
+
+def _last_logits(model: nn.Module, step: torch.Tensor, cache) -> tuple[torch.Tensor, object]:
+    """Next-token logits after ``step`` (the new tokens), reusing and returning the KV cache.
+
+    transformers 5.x renamed the forward's ``past_key_values`` to ``cache`` (the old name warns,
+    then goes), so the keyword is read off this version's signature; ``logits_to_keep=1`` spares
+    the LM head every position but the last (a 262k-token head costs more than Gemma's layers).
+    """
+    accepted = inspect.signature(model.forward).parameters
+    kwargs = {"logits_to_keep": 1} if "logits_to_keep" in accepted else {}
+    if cache is not None:
+        kwargs["cache" if "cache" in accepted else "past_key_values"] = cache
+    out = model(input_ids=step, use_cache=True, **kwargs)
+    cache = out.get("cache") if out.get("cache") is not None else out.get("past_key_values")
+    return out.logits[:, -1].float(), cache
 
 
 @torch.no_grad()
