@@ -97,8 +97,10 @@ def gpt2():
     return tiny_model("gpt2")
 
 
-def test_sampling_with_a_tiny_nucleus_is_greedy_on_penalised_logits(gpt2):
-    model = gpt2
+@pytest.mark.parametrize("arch", ["gpt2", "gemma3"])
+def test_sampling_with_a_tiny_nucleus_is_greedy_on_penalised_logits(arch):
+    """The sampler reuses a KV cache; the hand loop recomputes every step without one."""
+    model = tiny_model(arch)
     prompt = torch.tensor([1, 5, 9])
     out = sample(model, prompt, n_samples=2, new_tokens=6, temperature=1.0, top_p=1e-9, frequency_penalty=2.0, seed=0)
     ids = prompt[None]

@@ -40,8 +40,9 @@ svg.histogram rect.bar{fill:#4a7bd0}svg.histogram text{font-size:10px;fill:#555}
 ol.contexts{padding-left:1.5rem}ol.contexts li{margin:.15rem 0}
 .act{display:inline-block;min-width:4.5rem;color:#555;font-variant-numeric:tabular-nums}
 .ctx{font-family:ui-monospace,monospace;white-space:pre}
-.tok{border-radius:2px;margin:0 1px}.tok.fire{outline:2px solid #d04a4a;font-weight:600}
-ol.lens{columns:2;padding-left:1.5rem;margin:0}.lens .tokname{font-family:ui-monospace,monospace;white-space:pre}
+.tok{border-radius:2px;margin:0 1px;unicode-bidi:isolate}.tok.fire{outline:2px solid #d04a4a;font-weight:600}
+.lists{display:flex;gap:2.5rem}ol.lens{padding-left:1.8rem;margin:0}
+.tokname{font-family:ui-monospace,monospace;white-space:pre;unicode-bidi:isolate}
 .na{color:#777;font-style:italic}#filter{margin:.5rem 0;padding:.2rem .4rem}
 """
 
@@ -130,8 +131,8 @@ def _lens(panel: UnitPanel) -> str:
         return '<p class="na">n/a: the unit never fired, so it wrote nothing to read</p>'
     promoted = "".join(_scored_token(t, s) for t, s in panel.tokens.promoted)
     suppressed = "".join(_scored_token(t, s) for t, s in panel.tokens.suppressed)
-    return (f'<b>promoted</b><ol class="lens promoted">{promoted}</ol>'
-            f'<b>suppressed</b><ol class="lens suppressed">{suppressed}</ol>')
+    return (f'<div class="lists"><div><b>promoted</b><ol class="lens promoted">{promoted}</ol></div>'
+            f'<div><b>suppressed</b><ol class="lens suppressed">{suppressed}</ol></div></div>')
 
 
 def _scored_token(text: str, score: float) -> str:
