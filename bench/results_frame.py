@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 REQUIRED = ("model", "layer", "method", "k")
 TASK_GROUPS = ("tasks", "tasks_clean", "tasks_zero")  # flattened to "<group>.<task>.<metric>"
 SETTING_COLUMNS = ("train_tokens", "eval_tokens", "ce_tokens", "seed", "lr", "batch_size", "context_length",
-                   "train_time_s", "eval_time_s", "dead_units")
+                   "train_time_s", "eval_time_s", "dead_units", "selection_counted_tokens", "eval_documents",
+                   "ce_documents")
 NUMERIC = (*numeric_columns(), *SETTING_COLUMNS)
 VARIANT_KEYS = ("expansion", "train_tokens", "seed", "dataset")  # harness cell-key fields beyond REQUIRED
 PRIMARY_METRICS = ("acc", "acc_norm", "exact_match", "f1")  # which task metric a figure shows

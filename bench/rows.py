@@ -35,9 +35,16 @@ def settings_digest(row: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+# What rows made before these settings existed were trained with.
+LEGACY_VALUES = {"loss": "nmse", "packing": "bos-per-document", "aux_k_coef": 0.0}
+
+
 def first_difference(old: dict, new: dict) -> str | None:
-    """The first identity setting two rows both record with different values, as 'name: old -> new'."""
+    """The first identity setting two rows both record (or that an old row implies) with different
+    values, as 'name old -> new'."""
     for key in IDENTITY_SETTINGS:
+        if key not in old and key in LEGACY_VALUES:
+            old = {**old, key: LEGACY_VALUES[key]}
         if key in old and key in new and old[key] != new[key]:
             return f"{key} {old[key]!r} -> {new[key]!r}"
     return None

@@ -79,6 +79,7 @@ def _save_cell(directory: Path, cell: Cell, snapshot: str, with_moments: bool) -
     for index, state in (optimiser["state"] if with_moments else {}).items():
         for key, value in state.items():
             tensors[f"optim.{index}.{key}"] = torch.as_tensor(value).detach().contiguous().cpu()
+    tensors.update({f"cell.{name}": value.detach().contiguous().cpu() for name, value in cell.extra_state().items()})
     scalars = {"steps": cell.steps, "tokens": cell.tokens, "train_time_s": cell.train_time_s,
                "last_loss": cell.last_loss, "status": cell.status, "error": cell.error,
                "param_groups": optimiser["param_groups"], "scheduler": cell.scheduler.state_dict()}
@@ -152,6 +153,7 @@ def restore_cells(directory: Path, cells: list[Cell], progress: dict[str, Any]) 
         scalars = json.loads((cell_dir / f"state-{snapshot}.json").read_text())
         device = next(cell.layer.parameters()).device
         cell.layer.load_state_dict({k[len("layer."):]: v for k, v in tensors.items() if k.startswith("layer.")})
+        cell.load_extra_state({k[len("cell."):]: v for k, v in tensors.items() if k.startswith("cell.")})
         state: dict[int, dict[str, torch.Tensor]] = {}
         for name, value in tensors.items():
             if name.startswith("optim."):

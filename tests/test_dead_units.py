@@ -128,8 +128,6 @@ def test_the_counts_survive_a_save_and_restore_of_the_cell_state():
         resumed.load_extra_state({"selection_counts": torch.zeros(5, dtype=torch.long)})
 
 
-@pytest.mark.xfail(strict=True, reason="needs bench/training_state.py to save and restore Cell.extra_state() "
-                                       "(the two-line patch in the unit-usage commit's report); remove this marker then")
 def test_the_counts_survive_a_training_state_resume(tmp_path):
     from bench.training_state import load_progress, restore_cells, save_training_state
 

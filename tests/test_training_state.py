@@ -142,15 +142,17 @@ def test_at_most_the_valid_snapshot_and_the_one_being_written_are_on_disk(tmp_pa
     assert seen_during_save == [2, 2, 2]
 
 
-def test_a_cell_state_is_the_layer_and_two_adam_moments(tmp_path):
+def test_a_cell_state_is_the_layer_two_adam_moments_and_the_unit_counts(tmp_path):
     from safetensors.torch import load_file
 
     cells = _trained_and_saved(tmp_path)
     snapshot = _snapshot_ids(tmp_path).pop()
     for cell in cells:
         saved = load_file(str(tmp_path / training_state.cell_dir_name(cell) / f"{snapshot}.safetensors"))
-        floats = sum(t.numel() for name, t in saved.items() if not name.endswith(".step"))
+        floats = sum(t.numel() for name, t in saved.items() if not name.endswith(".step") and not name.startswith("cell."))
         assert floats == 3 * sum(p.numel() for p in cell.layer.state_dict().values())
+        counts = {name[len("cell."):]: t.numel() for name, t in saved.items() if name.startswith("cell.")}
+        assert counts == {name: t.numel() for name, t in cell.extra_state().items()}  # per-unit selection counts
 
 
 def test_a_full_disk_keeps_the_previous_snapshot_and_says_so(tmp_path, monkeypatch):
@@ -182,7 +184,9 @@ def test_a_full_disk_keeps_the_previous_snapshot_and_says_so(tmp_path, monkeypat
                 torch.testing.assert_close(p, params[name], rtol=0, atol=0)
 
 
-def test_a_save_after_the_last_step_holds_only_the_layers(tmp_path):
+def test_a_save_after_the_last_step_holds_only_the_layers_and_unit_counts(tmp_path):
+    """No AdamW moments once training is done; the unit counts stay, since an evaluation interrupted
+    after this save resumes from it and the rows need them."""
     from safetensors.torch import load_file
 
     cells = _trained_and_saved(tmp_path)
@@ -190,7 +194,10 @@ def test_a_save_after_the_last_step_holds_only_the_layers(tmp_path):
     save_training_state(tmp_path, cells, 64, 64, KEY, training_done=True)
     snapshot = _snapshot_ids(tmp_path).pop()
     saved = load_file(str(tmp_path / "tc-k4" / f"{snapshot}.safetensors"))
-    assert sum(t.numel() for t in saved.values()) == sum(t.numel() for t in cells[0].layer.state_dict().values())
+    assert not any(name.startswith("optim.") for name in saved)
+    layers = sum(t.numel() for name, t in saved.items() if name.startswith("layer."))
+    assert layers == sum(t.numel() for t in cells[0].layer.state_dict().values())
+    assert {n[len("cell."):] for n in saved if n.startswith("cell.")} == set(cells[0].extra_state())
     resumed = _cells()
     restore_cells(tmp_path, resumed, load_progress(tmp_path, resumed, KEY))
     for cell, params in zip(resumed, trained):
