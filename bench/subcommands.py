@@ -12,7 +12,9 @@ from pathlib import Path
 from bench.config import sweep_configs
 from bench.config_flags import add_config_flags
 from bench.parsing import float_list
+from bench.inspect import add_inspect_arguments, run_inspect
 from bench.probing import add_probe_arguments, run_probe_command
+from bench.steer import add_steer_arguments, run_steer
 from bench.validation import UsageError, validate
 
 EXIT_OK = 0
@@ -159,4 +161,8 @@ COMMANDS = [
     ("probe", "sparse probing: how well single units (or a few) of each saved cell encode known concepts, with "
               "the MLP's neurons, random projections and a dense probe as baselines", add_probe_arguments,
      run_probe_command),
+    ("inspect", "an HTML dashboard of a trained cell's units: firing frequency, top contexts, activation histogram, "
+                "promoted tokens", add_inspect_arguments, run_inspect),
+    ("steer", "steer the LM with one unit of a trained cell; samples scored by perplexity and a coherence proxy or "
+              "an LLM judge", add_steer_arguments, run_steer),
 ]
