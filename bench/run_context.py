@@ -14,7 +14,9 @@ from torch import nn
 from bench.config import RunConfig
 from bench.devices import resolve_device, resolve_dtype, resolve_precision
 from bench.logs import MetricsSink
+from bench.model_shapes import random_model
 from bench.models import LoadedModel, check_layer, default_layer, layer_spec, load_model
+from bench.random_tokenizer import offline_tokenizer
 from bench.results import RunStore
 from bench.rows import settings_row
 from methods.base import LayerSpec
@@ -50,12 +52,22 @@ class RunContext:
         return self.run_dir / "checkpoints" / "_training"
 
 
+def load_lm(cfg: RunConfig, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+    """The LM of ``--model``; with ``--random-weights``, its architecture with seeded random weights and
+    an offline tokenizer (``bench/random_tokenizer.py``): a whole run rehearsed with no download."""
+    if not getattr(cfg, "random_weights", False):  # the field may be absent from older RunConfigs
+        return load_model(cfg.model, device=str(device), dtype=dtype, trust_remote_code=cfg.trust_remote_code)
+    lm = random_model(cfg.model, device=device, dtype=dtype, seed=cfg.seed)
+    lm.tokenizer = offline_tokenizer(lm.model.get_input_embeddings().num_embeddings)
+    return lm
+
+
 def load_run(cfg: RunConfig, run_dir: Path, metrics: MetricsSink, on_saved: Callable[[], None]) -> RunContext:
     """Resolve device and dtypes, load the LM, check the layer; nothing is trained or written here."""
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     autocast = resolve_precision(cfg.precision, device)
-    lm = load_model(cfg.model, device=str(device), dtype=dtype, trust_remote_code=cfg.trust_remote_code)
+    lm = load_lm(cfg, device, dtype)
     layer = check_layer(lm.model, cfg.layer if cfg.layer is not None else default_layer(lm.model))
     return RunContext(cfg, run_dir, device, autocast, lm, layer, layer_spec(lm.model, layer), RunStore(run_dir),
                       metrics, on_saved, settings_row(cfg, lm.model_id, layer, device, dtype, autocast))
