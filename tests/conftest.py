@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-ARCHITECTURES = ("gpt2", "gpt_neox", "llama", "gemma3")
+ARCHITECTURES = ("gpt2", "gpt_neox", "llama", "gemma", "gemma2", "gemma3")
 VOCAB = 96
 
 
@@ -30,6 +30,20 @@ def tiny_model(arch: str, n_layers: int = 4, d: int = 32, vocab: int = VOCAB):
                                 num_key_value_heads=2, intermediate_size=3 * d, vocab_size=vocab,
                                 max_position_embeddings=128)
         model = tf.LlamaForCausalLM(config)
+    elif arch == "gemma":  # Gemma 1 (gemma-2b): GLU MLP, RMSNorm scaled by 1 + w, one KV head
+        # Gemma ties a sqrt(d)-scaled embedding to the head: at the default init (0.02) a tiny model's
+        # logits are ~0.1 and no MLP change moves its next-token distribution measurably.
+        config = tf.GemmaConfig(num_hidden_layers=n_layers, hidden_size=d, num_attention_heads=4,
+                                num_key_value_heads=1, head_dim=8, intermediate_size=3 * d, vocab_size=vocab,
+                                max_position_embeddings=128, initializer_range=0.1)
+        model = tf.GemmaForCausalLM(config)
+    elif arch == "gemma2":  # Gemma 2: sandwich norms around the MLP, soft-capped attention and output logits
+        # A logit cap below the raw logits (|logit| up to ~3), so code that skips the capping shows.
+        config = tf.Gemma2Config(num_hidden_layers=n_layers, hidden_size=d, num_attention_heads=4,
+                                 num_key_value_heads=2, head_dim=8, intermediate_size=3 * d, vocab_size=vocab,
+                                 max_position_embeddings=128, sliding_window=16, query_pre_attn_scalar=8,
+                                 final_logit_softcapping=1.0, attn_logit_softcapping=5.0, initializer_range=0.1)
+        model = tf.Gemma2ForCausalLM(config)
     elif arch == "gemma3":
         config = tf.Gemma3TextConfig(num_hidden_layers=n_layers, hidden_size=d, num_attention_heads=4,
                                      num_key_value_heads=1, head_dim=8, intermediate_size=3 * d,
