@@ -86,8 +86,9 @@ def _run(ctx: RunContext, method_names: list[str]) -> list[dict]:
         return ctx.store.rows()
     eval_set = build_eval_set(ctx)
     budget = int(cfg.memory_budget_gb * 2**30) if cfg.memory_budget_gb else memory_budget(ctx.device)
-    for group in plan_cell_groups(plan.wanted, ctx.spec, cfg.expansion, cfg.batch_size, budget, ctx.device):
-        cells = train_group(ctx, group)
+    groups = plan_cell_groups(plan.wanted, ctx.spec, cfg.expansion, cfg.batch_size, budget, ctx.device)
+    for index, group in enumerate(groups):
+        cells = train_group(ctx, group, index)
         evaluate_group(ctx, cells, eval_set)
         del cells  # free this group's memory before the next one
     shutil.rmtree(ctx.training_dir, ignore_errors=True)

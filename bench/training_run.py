@@ -33,8 +33,8 @@ def resume_key(ctx: RunContext) -> dict:
 class CheckpointedTraining:
     """Trains one group of cells; owns the stepping schedule, the progress bar and the saves."""
 
-    def __init__(self, ctx: RunContext, cells: list[Cell]) -> None:
-        self.ctx, self.cells = ctx, cells
+    def __init__(self, ctx: RunContext, cells: list[Cell], step_offset: int = 0) -> None:
+        self.ctx, self.cells, self.step_offset = ctx, cells, step_offset
         self.served = self.drawn = 0
         self.last_save = time.monotonic()
 
@@ -84,7 +84,7 @@ class CheckpointedTraining:
         bar.update(tokens)
         self.ctx.metrics.log({f"loss/{c.method}/k{c.k}": c.last_loss for c in live}
                              | {f"aux_loss/{c.method}/k{c.k}": c.last_aux_loss for c in live if c.aux.coef > 0},
-                             step=self.served)
+                             step=self.step_offset + self.served)
         if time.monotonic() - self.last_save >= self.ctx.cfg.checkpoint_minutes * 60:
             if self.save(counter):
                 LOGGER.info("saved training state at %d tokens", self.served)
@@ -92,8 +92,9 @@ class CheckpointedTraining:
             self.last_save = time.monotonic()
 
 
-def train_group(ctx: RunContext, group: list[tuple[str, int]]) -> list[Cell]:
-    """Build, resume and train the cells of one memory group; returns them trained."""
+def train_group(ctx: RunContext, group: list[tuple[str, int]], index: int = 0) -> list[Cell]:
+    """Build, resume and train the cells of memory group ``index``; returns them trained. W&B steps
+    continue across groups (group i logs from i * train_tokens), so no group's curves overwrite another's."""
     cells = build_cells(ctx, group)
-    CheckpointedTraining(ctx, cells).run()
+    CheckpointedTraining(ctx, cells, step_offset=index * ctx.cfg.train_tokens).run()
     return cells
