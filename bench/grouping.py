@@ -82,7 +82,8 @@ def memory_budget(device: torch.device) -> int:
     return int(free_memory(device) * HEADROOM)
 
 
-def plan_groups(cells: list[tuple[str, int]], sizes: dict[tuple[str, int], int], budget: int) -> list[list[tuple[str, int]]]:
+def plan_groups(cells: list[tuple[str, int]], sizes: dict[tuple[str, int], int],
+                budget: int) -> list[list[tuple[str, int]]]:
     """First-fit decreasing; a cell larger than the budget gets a group of its own."""
     groups: list[list[tuple[str, int]]] = []
     loads: list[int] = []
@@ -109,6 +110,12 @@ def plan_cell_groups(cells: list[tuple[str, int]], spec: LayerSpec, expansion: i
     """
     sizes = {(m, k): cell_bytes(m, spec, k, expansion, batch_size) for m, k in cells}
     groups = plan_groups(cells, sizes, budget)
+    too_big = [cell for cell in cells if sizes[cell] > budget]
+    if too_big:
+        method, k = max(too_big, key=sizes.__getitem__)
+        note(f"{len(too_big)} of the cells need more than the {max(budget, 0) / 2**30:.1f} GiB budget on {device} "
+             f"each ({method} K={k}: about {sizes[(method, k)] / 2**30:.1f} GiB): they train alone and may run out "
+             f"of memory; a smaller --batch-size or --expansion shrinks them")
     if len(groups) > 1:
         passes = "one LM pass in all: later groups read the activation cache" if cached else \
             f"{len(groups)} LM passes over the training data, one per group"
@@ -118,6 +125,25 @@ def plan_cell_groups(cells: list[tuple[str, int]], spec: LayerSpec, expansion: i
     return groups
 
 
+def check_run_buffers(ctx: RunContext) -> int:
+    """The run's own peak (``run_overhead_bytes``); a ``MemoryPlanError`` if it exceeds the free memory.
+    Cheap: call it before the eval set is built too, so a hopeless setting fails before an LM pass."""
+    cfg = ctx.cfg
+    vocab = ctx.model.get_output_embeddings().weight.shape[0]
+    overhead = run_overhead_bytes(
+        ctx.spec, vocab, next(ctx.model.parameters()).element_size(), train_tokens=cfg.train_tokens,
+        buffer_tokens=cfg.buffer_tokens, lm_batch_size=cfg.lm_batch_size, ce_batch_size=cfg.ce_batch_size,
+        context_length=cfg.context_length)
+    free = free_memory(ctx.device)
+    if overhead > free:
+        raise MemoryPlanError(
+            f"the run's own buffers need about {overhead / 2**30:.1f} GiB at their peak (shuffle buffer, one LM "
+            f"batch, CE logits over {vocab:,} tokens), more than the {free / 2**30:.1f} GiB free on {ctx.device}: "
+            f"lower --buffer-tokens ({cfg.buffer_tokens}), --lm-batch-size ({cfg.lm_batch_size}) or "
+            f"--ce-batch-size ({cfg.ce_batch_size})")
+    return overhead
+
+
 def plan_run_groups(ctx: RunContext, cells: list[tuple[str, int]]) -> list[list[tuple[str, int]]]:
     """The groups of a run, called once its eval tensors exist: ``--memory-budget-gb`` is the cells'
     budget as given; else the device's free memory times HEADROOM, less the run's own buffers."""
@@ -125,18 +151,7 @@ def plan_run_groups(ctx: RunContext, cells: list[tuple[str, int]]) -> list[list[
     if cfg.memory_budget_gb:
         budget = int(cfg.memory_budget_gb * 2**30)
     else:
-        vocab = ctx.model.get_output_embeddings().weight.shape[0]
-        overhead = run_overhead_bytes(
-            ctx.spec, vocab, next(ctx.model.parameters()).element_size(), train_tokens=cfg.train_tokens,
-            buffer_tokens=cfg.buffer_tokens, lm_batch_size=cfg.lm_batch_size, ce_batch_size=cfg.ce_batch_size,
-            context_length=cfg.context_length)
-        free = free_memory(ctx.device)
-        if overhead > free:
-            raise MemoryPlanError(
-                f"the run's own buffers need about {overhead / 2**30:.1f} GiB at their peak (shuffle buffer, one LM "
-                f"batch, CE logits over {vocab:,} tokens), more than the {free / 2**30:.1f} GiB free on {ctx.device}: "
-                f"lower --buffer-tokens ({cfg.buffer_tokens}), --lm-batch-size ({cfg.lm_batch_size}) or "
-                f"--ce-batch-size ({cfg.ce_batch_size})")
-        budget = int(free * HEADROOM) - overhead
+        overhead = check_run_buffers(ctx)
+        budget = int(free_memory(ctx.device) * HEADROOM) - overhead
     return plan_cell_groups(cells, ctx.spec, cfg.expansion, cfg.batch_size, budget, ctx.device,
                             cached=bool(cfg.activation_cache))

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import methods
 from bench import grouping
@@ -181,8 +182,6 @@ def _context(**settings):
     """What plan_run_groups reads of a run: its settings, model (for vocabulary and dtype), layer and device."""
     from types import SimpleNamespace
 
-    import torch
-
     from bench.config import preset_config
     from tests.conftest import tiny_model
 
@@ -216,3 +215,11 @@ def test_a_given_budget_is_the_cells_alone_and_buffers_larger_than_memory_are_re
     ctx.cfg.memory_budget_gb = None  # 2M rows x d = 64 x fp32, x and y: 1 GiB before any copy
     with pytest.raises(grouping.MemoryPlanError, match=r"shuffle buffer.*lower --buffer-tokens \(2097152\)"):
         grouping.plan_run_groups(ctx, [("tc", 16)])
+
+
+def test_a_cell_larger_than_the_budget_trains_alone_and_says_so(capsys):
+    groups = grouping.plan_cell_groups([("tc", 4), ("mxd", 4)], SPEC, EXPANSION, 256, budget=2**20,
+                                       device=torch.device("cpu"))
+    assert sorted(map(len, groups)) == [1, 1]
+    err = capsys.readouterr().err
+    assert "2 of the cells need more than the 0.0 GiB budget" in err and "may run out of memory" in err
