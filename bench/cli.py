@@ -5,6 +5,7 @@ Bad input is reported as one line on stderr with exit code 2 (``--debug`` shows 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from bench.config_flags import add_config_flags
 from bench import subcommands
 from bench.subcommands import RUN_ONLY_FLAGS, run_dirs
 from bench.executors import EXECUTORS, SweepError
+from bench.parsing import int_list
 from bench.validation import UsageError, check_writable, validate
 from bench.perf import add_cost_arguments, add_perf_arguments
 
@@ -46,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", default=None, metavar="FILE.toml",
                      help="a TOML file holding a whole sweep (see sweeps/); flags given here override it")
     add_config_flags(run)
+    run.add_argument("--seeds", type=int_list, default=None, metavar="S,S",
+                     help="train every cell once per seed (bench compare then averages over seeds and shows their spread)")
     run.add_argument("--executor", default="local", choices=EXECUTORS,
                      help="local (default): runs one after another here; ray: one Ray task per run directory")
     run.add_argument("--address", default=None,
@@ -153,6 +157,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--executor ray needs Ray: pip install 'mxbench[ray]'")
     flags = {k: v for k, v in vars(args).items() if k not in RUN_ONLY_FLAGS}
     configs = sweep_configs(load_config_file(args.config) if args.config else [{}], args.preset, flags)
+    if args.seeds:  # each cell once per seed, in the same run directory (the seed is part of a cell's key)
+        configs = [dataclasses.replace(cfg, seed=seed) for cfg in configs for seed in dict.fromkeys(args.seeds)]
     for cfg in configs:  # every run is checked before the first one starts
         validate(cfg)
     rows = run_sweep(configs, args.executor, args.address, args.gpus_per_task, args.plugin)

@@ -20,7 +20,7 @@ from bench.validation import UsageError, validate
 EXIT_OK = 0
 # Arguments of `bench run` (and `tune`) that are not RunConfig settings.
 RUN_ONLY_FLAGS = ("command", "debug", "plugin", "preset", "config", "figures", "figures_dir", "executor", "address",
-                  "gpus_per_task", "handler")
+                  "gpus_per_task", "handler", "seeds")
 
 
 def add_eval_arguments(evaluate: argparse.ArgumentParser) -> None:

@@ -70,3 +70,15 @@ def test_cli_compare_prints_and_writes_json(tmp_path, capsys):
     assert {r["method"] for r in json.loads(out.read_text())} == {"mxd"}
     assert main(["compare", str(run), "--baseline", "nope"]) == 2
     assert "baseline method 'nope' has no finished cell" in capsys.readouterr().err
+
+
+def test_seeds_flag_trains_each_cell_per_seed_and_compare_averages_them(tmp_path, tiny_model_dir, corpus_file, capsys):
+    args = ["run", "--model", str(tiny_model_dir), "--dataset", str(corpus_file), "--results-dir", str(tmp_path),
+            "--run-name", "s", "--methods", "tc,mxd", "--k", "2", "--tokens", "512", "--context-length", "16",
+            "--batch-size", "128", "--expansion", "8", "--eval-tokens", "128", "--ce-tokens", "128",
+            "--warmup-steps", "1", "--no-figures", "--seeds", "3,4"]
+    assert main(args) == 0
+    rows = RunStore(tmp_path / "s").rows()
+    assert sorted((r["method"], r["seed"]) for r in rows) == [("mxd", 3), ("mxd", 4), ("tc", 3), ("tc", 4)]
+    (ce,) = [r for r in compare_run(tmp_path / "s", "tc") if r.metric == "ce"]
+    assert ce.n_seeds == 2 and ce.seed_sd is not None

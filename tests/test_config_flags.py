@@ -27,7 +27,7 @@ def _run_flags(argv: list[str], keep_preset: bool = False) -> dict:
 def test_every_setting_has_a_flag_and_every_flag_a_setting() -> None:
     dests = {a.dest for a in _run_parser()._actions if a.option_strings and a.dest != "help"}
     fields = {f.name for f in dataclasses.fields(RunConfig)}
-    not_settings = {"config", "executor", "address", "gpus_per_task", "figures", "figures_dir"}
+    not_settings = {"config", "executor", "address", "gpus_per_task", "figures", "figures_dir", "seeds"}
     assert fields - dests == set(), "settings without a flag"
     assert dests - fields - not_settings == set(), "flags without a setting"
 
