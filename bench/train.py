@@ -4,6 +4,9 @@ One activation stream feeds all (method, K) cells of a model and layer, so the L
 is paid once per batch, not once per cell. Each cell is scored by its own loss
 (``bench.losses``: token-normalised by default). A cell whose loss turns NaN/inf or explodes is
 stopped and marked failed; the others go on.
+
+Length: a little over 250 lines: a cell, its optimiser step (loss, AuxK, micro-batching after an
+out-of-memory error) and the unit counts must agree on one step, so they stay in one module.
 """
 from __future__ import annotations
 

@@ -117,3 +117,15 @@ def test_a_local_model_path_is_headed_by_its_directory_name(tmp_path: Path) -> N
     rows = [{**make_row("gpt2", m, 16), "model": path, "model_id": path} for m in METHODS]
     text = write_report(write_cells(tmp_path / "r", rows).parent, tmp_path / "figs").read_text()
     assert "## my-llama · layer 8" in text and f"Model id: `{path}`" in text
+
+
+def test_resumed_cells_are_listed(tmp_path: Path) -> None:
+    import json
+
+    run = tmp_path / "r"
+    run.mkdir()
+    rows = [{"model": "m", "layer": 1, "method": "tc", "k": 16, "status": "ok", "resumed_at_tokens": 1024},
+            {"model": "m", "layer": 1, "method": "mxd", "k": 16, "status": "ok", "resumed_at_tokens": None}]
+    (run / "cells.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = write_report(run, tmp_path / "figures").read_text()
+    assert "## Resumed cells" in text and "| tc | 16 | 1,024 |" in text and "| mxd | 16 | 1,0" not in text
