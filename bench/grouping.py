@@ -32,8 +32,8 @@ LM_BATCH_PEAK = 4  # [tokens, d_mlp + 2 d] of the LM's dtype: the MLP's gate, up
 CE_PEAK = 7.5  # one CE batch's fp32 logits: the logits, fp32 copies, two log-softmaxes, the KL terms
 
 
-class MemoryPlanError(ValueError):
-    """The run's own buffers alone need more memory than the device has free."""
+class PlanError(ValueError):
+    """A run that cannot be planned: a cell that cannot exist at its budget, or buffers larger than memory."""
 
 
 def cell_bytes(method: str, spec: LayerSpec, k: int, expansion: int, batch_size: int) -> int:
@@ -48,6 +48,17 @@ def cell_bytes(method: str, spec: LayerSpec, k: int, expansion: int, batch_size:
     gathered = k * getattr(config, "rank", 1)  # a low-rank MoE reads K x R factor rows per token
     per_token = (4 * spec.d_model + 3 * widest) * 4 + GATHER_BYTES * gathered
     return n_params * BYTES_PER_PARAM + int(PARAM_TEMPORARIES * largest * 4) + batch_size * per_token
+
+
+def check_cells(cells: list[tuple[str, int]], spec: LayerSpec, expansion: int) -> None:
+    """Every cell can be built on this layer at this budget (an MxD's dense branch alone can cost a TC's
+    whole budget: gemma-2b's MLP is 8 d wide); checked from shapes, before anything is loaded."""
+    for method, k in cells:
+        try:
+            cell_bytes(method, spec, k, expansion, 0)
+        except ValueError as error:
+            raise PlanError(f"{method} K={k} cannot be built at --expansion {expansion} on a layer of width "
+                                  f"{spec.d_model} with an MLP of {spec.d_mlp}: {error}") from None
 
 
 def run_overhead_bytes(spec: LayerSpec, vocab_size: int, lm_dtype_bytes: int, *, train_tokens: int,
@@ -126,7 +137,7 @@ def plan_cell_groups(cells: list[tuple[str, int]], spec: LayerSpec, expansion: i
 
 
 def check_run_buffers(ctx: RunContext) -> int:
-    """The run's own peak (``run_overhead_bytes``); a ``MemoryPlanError`` if it exceeds the free memory.
+    """The run's own peak (``run_overhead_bytes``); a ``PlanError`` if it exceeds the free memory.
     Cheap: call it before the eval set is built too, so a hopeless setting fails before an LM pass."""
     cfg = ctx.cfg
     vocab = ctx.model.get_output_embeddings().weight.shape[0]
@@ -136,7 +147,7 @@ def check_run_buffers(ctx: RunContext) -> int:
         context_length=cfg.context_length)
     free = free_memory(ctx.device)
     if overhead > free:
-        raise MemoryPlanError(
+        raise PlanError(
             f"the run's own buffers need about {overhead / 2**30:.1f} GiB at their peak (shuffle buffer, one LM "
             f"batch, CE logits over {vocab:,} tokens), more than the {free / 2**30:.1f} GiB free on {ctx.device}: "
             f"lower --buffer-tokens ({cfg.buffer_tokens}), --lm-batch-size ({cfg.lm_batch_size}) or "

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from bench.models import EMBEDDED_MODEL, LoadedModel, model_source, resolve_model_name
+from bench.models import EMBEDDED_MODEL, LoadedModel, default_layer, layer_spec, model_source, resolve_model_name
+from methods.base import LayerSpec
 
 _GEMMA3_270M_LAYER_TYPES = (["sliding_attention"] * 5 + ["full_attention"]) * 3
 
@@ -72,3 +73,11 @@ def random_model(name: str, device: torch.device | str = "cpu", dtype: torch.dty
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     model.eval().requires_grad_(False)
     return LoadedModel(model, None, f"{architecture_alias(name) or name} (random weights)")
+
+
+def architecture_layer(name: str, layer: int | None = None) -> tuple[int, LayerSpec]:
+    """``name``'s layer (default: the middle one) and its shape, from the architecture alone: the model is
+    built on the meta device (no weights, no memory), so a run's cells can be checked before any download."""
+    model = random_model(name, device="meta").model
+    layer = default_layer(model) if layer is None else layer
+    return layer, layer_spec(model, layer)

@@ -213,7 +213,7 @@ def test_a_given_budget_is_the_cells_alone_and_buffers_larger_than_memory_are_re
     monkeypatch.setattr(grouping, "free_memory", lambda device: 2**30)
     assert len(grouping.plan_run_groups(ctx, [("tc", 16), ("tc", 64)])) == 1  # --memory-budget-gb as given
     ctx.cfg.memory_budget_gb = None  # 2M rows x d = 64 x fp32, x and y: 1 GiB before any copy
-    with pytest.raises(grouping.MemoryPlanError, match=r"shuffle buffer.*lower --buffer-tokens \(2097152\)"):
+    with pytest.raises(grouping.PlanError, match=r"shuffle buffer.*lower --buffer-tokens \(2097152\)"):
         grouping.plan_run_groups(ctx, [("tc", 16)])
 
 
@@ -223,3 +223,18 @@ def test_a_cell_larger_than_the_budget_trains_alone_and_says_so(capsys):
     assert sorted(map(len, groups)) == [1, 1]
     err = capsys.readouterr().err
     assert "2 of the cells need more than the 0.0 GiB budget" in err and "may run out of memory" in err
+
+
+def test_gemma_2b_refuses_an_mxd_at_the_smoke_budget_before_anything_loads():
+    """gemma-2b's MLP is 8 d wide, so an MxD's dense branch (2 d H = 67,108,864 weights) alone spends a TC
+    budget of expansion 8 (2 d 8d + 8d + d = 67,127,296): no parameters are left for experts."""
+    from bench.model_shapes import architecture_layer
+
+    layer, spec = architecture_layer("gemma-2b")
+    assert (layer, spec.d_model, spec.d_mlp, spec.gated) == (9, 2048, 16384, True)  # the published config
+    cells = [(m, k) for m in ALL for k in (16, 64)]
+    with pytest.raises(grouping.PlanError, match=r"^mxd K=16 cannot be built at --expansion 8 on a layer of width "
+                                                 r"2048 with an MLP of 16384: .*no parameters for experts"):
+        grouping.check_cells(cells, spec, 8)
+    grouping.check_cells(cells, spec, 32)  # the paper's budget fits every method
+    grouping.check_cells([c for c in cells if not c[0].startswith("mxd")], spec, 8)
