@@ -202,16 +202,25 @@ def embedded_model_dir() -> Path:
     return target
 
 
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The list of decoder blocks of a GPT-2, GPT-NeoX, Llama or Gemma 1/2/3 causal LM."""
-    for path in _LAYER_PATHS:
+def first_submodule(model: nn.Module, paths: tuple[str, ...], accept) -> nn.Module | None:
+    """The first of the dotted attribute ``paths`` under ``model`` that exists and ``accept`` takes."""
+    for path in paths:
         module = model
         for attr in path.split("."):
             module = getattr(module, attr, None)
             if module is None:
                 break
-        if isinstance(module, nn.ModuleList) and len(module) and hasattr(module[0], "mlp"):
+        if module is not None and accept(module):
             return module
+    return None
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The list of decoder blocks of a GPT-2, GPT-NeoX, Llama or Gemma 1/2/3 causal LM."""
+    module = first_submodule(model, _LAYER_PATHS,
+                             lambda m: isinstance(m, nn.ModuleList) and len(m) and hasattr(m[0], "mlp"))
+    if module is not None:
+        return module
     arch = type(model).__name__
     raise ModelError(
         f"unsupported architecture {arch}: no decoder layers with an `mlp` at {', '.join(_LAYER_PATHS)} "

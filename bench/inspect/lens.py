@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from bench.models import first_submodule
+
 # Where each supported architecture keeps the norm applied before the LM head.
 _FINAL_NORM_PATHS = ("transformer.ln_f", "gpt_neox.final_layer_norm", "model.norm", "model.language_model.norm")
 
@@ -28,15 +30,8 @@ class TokenScores:
 
 
 def final_norm(model: nn.Module) -> nn.Module | None:
-    for path in _FINAL_NORM_PATHS:
-        module = model
-        for attr in path.split("."):
-            module = getattr(module, attr, None)
-            if module is None:
-                break
-        if isinstance(module, nn.Module):
-            return module
-    return None
+    """The LM's norm before the unembedding, wherever its architecture keeps it."""
+    return first_submodule(model, _FINAL_NORM_PATHS, lambda m: isinstance(m, nn.Module))
 
 
 @torch.no_grad()
