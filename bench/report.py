@@ -2,6 +2,9 @@
 
 The report is the run's readable record: everything in it comes from the stored rows, so it can be
 regenerated at any time (after a resumed run, or with new figures) without touching a model.
+
+Length: a little over 250 lines, one function per section of REPORT.md plus the table formatting
+they share; the metric columns themselves come from bench/metrics.py.
 """
 from __future__ import annotations
 
