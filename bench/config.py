@@ -64,6 +64,8 @@ class RunConfig:
     precision: str = setting("auto", "sparse layers' compute (auto: bf16 autocast with fp32 master weights on GPU, "
                                      "fp32 on CPU)", choices=PRECISIONS)
     compile: bool = setting(False, "torch.compile each sparse layer's forward")
+    random_weights: bool = setting(False, "build --model's architecture with seeded random weights and an offline "
+                                          "tokenizer: a rehearsal of the run's shapes, memory and time, not a result")
     trust_remote_code: bool = setting(False, "allow a hub model's own Python code to run (only for models you trust)")
     tasks: str | None = setting(None, "lm-eval task accuracy with each layer spliced in: 'default' (offline, "
                                       "shipped) or task names")

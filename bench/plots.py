@@ -64,6 +64,8 @@ def _title(model: str, layer: int, frame: pd.DataFrame) -> str:
         lo, hi = frame["train_tokens"].min(), frame["train_tokens"].max()
         tokens = _human(lo) if lo == hi else f"{_human(lo)}–{_human(hi)}"
         title += f" · {tokens} train tokens"
+    if "random_weights" in frame.columns and frame["random_weights"].fillna(False).astype(bool).any():
+        title += " · RANDOM WEIGHTS"
     return title
 
 

@@ -22,6 +22,8 @@ from bench.results_frame import REQUIRED, method_sort_key, read_cells, task_metr
 DASH = "—"  # a value the run did not record
 SETTINGS = (  # (column, label, formatter)
     ("preset", "preset", str),
+    ("random_weights", "random weights (a rehearsal of shapes and time, not a result)",
+     lambda v: "yes" if v is True or v == 1.0 else "no"),
     ("dataset", "dataset", str),
     ("seed", "seed", lambda v: f"{int(v)}"),
     ("train_tokens", "train tokens", lambda v: f"{int(v):,}"),

@@ -21,6 +21,7 @@ from bench.unit_usage import usage_fields
 # over seeds or token budgets); cells that differ only here may not.
 IDENTITY_SETTINGS = ("model_id", "eval_tokens", "ce_tokens", "context_length", "batch_size", "buffer_tokens", "lr",
                      "warmup_steps", "lm_dtype", "precision", "activation_cache_dtype", "compile", "method_config",
+                     "random_weights",
                      "loss", "packing", "aux_k_coef", "aux_k", "dead_window")
 
 
@@ -36,7 +37,7 @@ def settings_digest(row: dict) -> str:
 
 
 # What rows made before these settings existed were trained with.
-LEGACY_VALUES = {"loss": "nmse", "packing": "bos-per-document", "aux_k_coef": 0.0}
+LEGACY_VALUES = {"loss": "nmse", "packing": "bos-per-document", "aux_k_coef": 0.0, "random_weights": False}
 
 
 def first_difference(old: dict, new: dict) -> str | None:
@@ -68,6 +69,7 @@ def settings_row(cfg: RunConfig, model_id: str, layer: int, device: torch.device
         "activation_cache_dtype": cfg.activation_cache_dtype if cfg.activation_cache else None,
         "task_names": resolve_tasks(cfg.tasks) if cfg.tasks else None, "task_limit": cfg.task_limit,
         "hardware": hardware_description(device), "versions": package_versions(),
+        "random_weights": cfg.random_weights,
     }
 
 

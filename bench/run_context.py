@@ -14,6 +14,7 @@ from torch import nn
 from bench.config import RunConfig
 from bench.devices import resolve_device, resolve_dtype, resolve_precision
 from bench.logs import MetricsSink
+from bench.losses import make_loss
 from bench.model_shapes import random_model
 from bench.models import LoadedModel, check_layer, default_layer, layer_spec, load_model
 from bench.random_tokenizer import offline_tokenizer
@@ -55,7 +56,7 @@ class RunContext:
 def load_lm(cfg: RunConfig, device: torch.device, dtype: torch.dtype) -> LoadedModel:
     """The LM of ``--model``; with ``--random-weights``, its architecture with seeded random weights and
     an offline tokenizer (``bench/random_tokenizer.py``): a whole run rehearsed with no download."""
-    if not getattr(cfg, "random_weights", False):  # the field may be absent from older RunConfigs
+    if not cfg.random_weights:
         return load_model(cfg.model, device=str(device), dtype=dtype, trust_remote_code=cfg.trust_remote_code)
     lm = random_model(cfg.model, device=device, dtype=dtype, seed=cfg.seed)
     lm.tokenizer = offline_tokenizer(lm.model.get_input_embeddings().num_embeddings)
@@ -69,5 +70,6 @@ def load_run(cfg: RunConfig, run_dir: Path, metrics: MetricsSink, on_saved: Call
     autocast = resolve_precision(cfg.precision, device)
     lm = load_lm(cfg, device, dtype)
     layer = check_layer(lm.model, cfg.layer if cfg.layer is not None else default_layer(lm.model))
+    make_loss(cfg.loss, lm.model, layer)  # a loss the architecture cannot have is refused before any work
     return RunContext(cfg, run_dir, device, autocast, lm, layer, layer_spec(lm.model, layer), RunStore(run_dir),
                       metrics, on_saved, settings_row(cfg, lm.model_id, layer, device, dtype, autocast))

@@ -143,4 +143,9 @@ def check_run_inputs(cfg: RunConfig, run_dir: Path) -> None:
     check_writable(run_dir)
     check_dataset(cfg.dataset)
     resolve_device(cfg.device)  # a GPU asked for must exist here, before the run directory is made
-    check_model_available(cfg.model)
+    if cfg.random_weights:  # built offline from the architecture: it needs a config, not weights
+        from bench.model_shapes import model_config
+
+        model_config(cfg.model)
+    else:
+        check_model_available(cfg.model)
