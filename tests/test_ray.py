@@ -51,7 +51,7 @@ def _fake_run(run_dir: Path, tokens_served: int) -> None:
     """A run directory as the harness leaves it mid-way: one finished row, training state for the rest."""
     (run_dir / "checkpoints" / "tc-k2").mkdir(parents=True, exist_ok=True)
     (run_dir / "checkpoints" / "tc-k2" / "weights.safetensors").write_bytes(b"tc weights")
-    row = {"run": "r", "method": "tc", "k": 2, "status": "ok", "checkpoint": "checkpoints/tc-k2"}
+    row = {"run": "r", "model": "m", "layer": 1, "method": "tc", "k": 2, "status": "ok", "checkpoint": "checkpoints/tc-k2"}
     (run_dir / "cells.jsonl").write_text(json.dumps(row) + "\n")
     (run_dir / "run.log").write_text(f"log at {tokens_served}\n")
     state = run_dir / "checkpoints" / "_training"
