@@ -77,9 +77,7 @@ def test_the_embedded_tokenizer_is_used_only_when_all_its_ids_fit(tmp_path, monk
 
 
 def _random_weights_config(model: str, **settings):
-    cfg = preset_config("smoke", model=model, **settings)
-    cfg.random_weights = True  # a RunConfig field once the CLI has --random-weights
-    return cfg
+    return preset_config("smoke", model=model, random_weights=True, **settings)
 
 
 def test_load_lm_builds_the_architecture_with_seeded_weights_and_an_offline_tokenizer(tiny_model_dir):
@@ -93,14 +91,18 @@ def test_load_lm_builds_the_architecture_with_seeded_weights_and_an_offline_toke
     assert real.model_id == str(tiny_model_dir) and not isinstance(real.tokenizer, WordHashTokenizer)
 
 
-def test_a_random_weights_run_trains_and_scores_every_cell(tiny_model_dir, corpus_file, tmp_path):
-    from bench.harness import run_benchmark
+def test_bench_run_random_weights_trains_and_scores_every_cell(tiny_model_dir, corpus_file, tmp_path):
+    from bench.cli import main
+    from bench.results import RunStore
 
-    cfg = _random_weights_config(str(tiny_model_dir), methods=["tc", "mxd"], ks=[2], dataset=str(corpus_file),
-                                 train_tokens=1024, eval_tokens=128, ce_tokens=64, context_length=16, batch_size=128,
-                                 expansion=8, warmup_steps=2, results_dir=str(tmp_path), run_name="random")
-    rows = run_benchmark(cfg)
+    argv = ["run", "--random-weights", "--model", str(tiny_model_dir), "--dataset", str(corpus_file), "--methods",
+            "tc,mxd", "--k", "2", "--tokens", "1024", "--eval-tokens", "128", "--ce-tokens", "64", "--context-length",
+            "16", "--batch-size", "128", "--expansion", "8", "--warmup-steps", "2", "--results-dir", str(tmp_path),
+            "--run-name", "random", "--figures-dir", str(tmp_path / "figures")]
+    assert main(argv) == 0
+    rows = RunStore(tmp_path / "random").rows()
     assert sorted(r["method"] for r in rows) == ["mxd", "tc"]
     for row in rows:
-        assert row["status"] == "ok" and row["model_id"] == f"{tiny_model_dir} (random weights)"
+        assert row["status"] == "ok" and row["random_weights"] is True
+        assert row["model_id"] == f"{tiny_model_dir} (random weights)"
         assert row["ce_zero"] != row["ce_clean"] and row["kl"] >= 0
