@@ -97,7 +97,7 @@ def test_a_hub_model_that_cannot_be_reached_fails_fast_in_one_line(monkeypatch, 
         started = time.monotonic()
         with pytest.raises(ModelError) as caught:
             attempt()
-        assert time.monotonic() - started < 5
+        assert time.monotonic() - started < 20  # the retrying path took 35 s; a loaded machine needs slack
         message = str(caught.value)
         assert "\n" not in message
         assert message.startswith(f"model '{NO_SUCH_MODEL}' is not a local directory, not an alias (known: gpt2, ")

@@ -42,7 +42,7 @@ def test_an_unreachable_hub_model_is_one_line_and_quick(monkeypatch, tmp_path, c
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     started = time.monotonic()
     assert _run(tmp_path, "no/such-model-anywhere", corpus_file) == USAGE_EXIT
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 20  # the retrying path took 35 s; a loaded machine needs slack
     assert _one_error_line(capsys).startswith("model 'no/such-model-anywhere' is not a local directory, not an alias")
     assert not (tmp_path / "results" / "r").exists()
 
