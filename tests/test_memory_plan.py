@@ -92,6 +92,16 @@ for regime in ("state", "activations"):
     spec, batch, k = LayerSpec(**job[regime]["spec"]), job[regime]["batch"], job[regime]["k"]
     out[regime] = {m: measure(lambda: trained(m, spec, k, batch)) for m in job["methods"]}
 
+import tempfile
+from pathlib import Path
+from bench.training_state import save_training_state
+
+spec = LayerSpec(**job["state"]["spec"])
+cell = trained("tc", spec, 8, 8)  # moments allocated: what a mid-training save serialises
+with tempfile.TemporaryDirectory() as scratch:
+    out["snapshot"] = measure(lambda: save_training_state(Path(scratch), [cell], 0, 0, {}))
+del cell
+
 buffers = job["buffers"]
 d, rows, chunk = buffers["d"], buffers["buffer_tokens"], buffers["chunk"]
 
@@ -190,8 +200,8 @@ def _context(**settings):
 
 
 def test_the_runs_buffers_come_out_of_the_cells_budget(monkeypatch, capsys):
-    """Free memory for exactly three cells plus the buffers (after HEADROOM): three per group, not the four
-    that would fit if the buffers were forgotten; and the note says how many LM passes that costs."""
+    """Free memory for three and a half cells plus the buffers and a save's copy (after HEADROOM): three per
+    group, not the four that would fit if the buffers were forgotten; the note says what that costs."""
     ctx = _context(ks=[4, 8, 16, 32], methods=["tc"], buffer_tokens=2**16, train_tokens=2**20, batch_size=256)
     cells = [("tc", k) for k in ctx.cfg.ks]
     size = grouping.cell_bytes("tc", SPEC, 32, ctx.cfg.expansion, 256)  # K does not change a TC's size
@@ -199,7 +209,9 @@ def test_the_runs_buffers_come_out_of_the_cells_budget(monkeypatch, capsys):
                                            lm_batch_size=ctx.cfg.lm_batch_size, ce_batch_size=ctx.cfg.ce_batch_size,
                                            context_length=ctx.cfg.context_length)
     assert overhead > size  # else forgetting it would not change the grouping
-    monkeypatch.setattr(grouping, "free_memory", lambda device: int((3.5 * size + overhead) / grouping.HEADROOM))
+    snapshot = grouping.snapshot_bytes(cells, SPEC, ctx.cfg.expansion)  # a CPU run also holds a save's copy
+    monkeypatch.setattr(grouping, "free_memory",
+                        lambda device: int((3.5 * size + overhead + snapshot) / grouping.HEADROOM))
     groups = grouping.plan_run_groups(ctx, cells)
     assert sorted(map(len, groups)) == [1, 3]
     assert "2 groups of 3/1 cells (2 LM passes over the training data, one per group)" in capsys.readouterr().err
@@ -238,3 +250,10 @@ def test_gemma_2b_refuses_an_mxd_at_the_smoke_budget_before_anything_loads():
         grouping.check_cells(cells, spec, 8)
     grouping.check_cells(cells, spec, 32)  # the paper's budget fits every method
     grouping.check_cells([c for c in cells if not c[0].startswith("mxd")], spec, 8)
+
+
+def test_a_training_state_save_is_counted_on_a_cpu(measured):
+    """A mid-training save serialises the cell's weights and both AdamW moments in memory before writing."""
+    planned = grouping.snapshot_bytes([("tc", 8)], STATE_SPEC, EXPANSION)
+    assert measured["snapshot"] <= planned <= 1.4 * measured["snapshot"], (
+        f"planned {planned / 2**20:.1f} MiB, measured {measured['snapshot'] / 2**20:.1f} MiB")
