@@ -20,7 +20,7 @@ from bench.models import (
 )
 from tests.conftest import tiny_model
 
-EXPECTED_MLP = {"gpt2": "GPT2MLP", "gpt_neox": "GPTNeoXMLP", "llama": "LlamaMLP", "gemma3": "Gemma3MLP"}
+EXPECTED_MLP = {"gpt2": "GPT2MLP", "gpt_neox": "GPTNeoXMLP", "llama": "LlamaMLP", "gemma3": "Gemma3MLP", "gemma": "GemmaMLP", "gemma2": "Gemma2MLP"}
 
 
 def test_locates_the_mlp_of_every_architecture(any_arch_model):
@@ -35,7 +35,7 @@ def test_layer_spec_reads_widths_and_gating(any_arch_model):
     spec = layer_spec(model, 0)
     assert spec.d_model == 32
     assert spec.d_mlp == (128 if arch in ("gpt2", "gpt_neox") else 96)
-    assert spec.gated == (arch in ("llama", "gemma3"))
+    assert spec.gated == (arch in ("llama", "gemma", "gemma2", "gemma3"))
     x = torch.randn(3, 32)
     assert mlp_module(model, 0)(x).shape == (3, spec.d_model)
 
