@@ -81,6 +81,9 @@ def _read_one(path: Path) -> pd.DataFrame:
             raise ValueError(f"{path}: required column {column!r} must hold integers")
         frame[column] = values.astype(int)
     frame["model"] = frame["model"].astype(str)
+    if "random_weights" in frame.columns:  # a rehearsal is never one cell, figure or heading with the real model
+        random = frame["random_weights"].fillna(False).astype(bool)
+        frame.loc[random, "model"] = frame.loc[random, "model"] + " (random weights)"
     frame["method"] = frame["method"].astype(str)
     frame["source_file"] = str(path)
     return frame

@@ -108,8 +108,6 @@ def test_bench_run_random_weights_trains_and_scores_every_cell(tiny_model_dir, c
         assert row["ce_zero"] != row["ce_clean"] and row["kl"] >= 0
 
 
-@pytest.mark.xfail(strict=True, reason="needs results_frame._read_one to label random-weight rows' model (patch "
-                                       "with the lead); remove this marker with it")
 def test_random_weight_rows_are_never_one_cell_or_figure_with_real_ones(tmp_path):
     """The same model, layer, method and K from a real run and a rehearsal, plotted together: two cells in two
     figure groups, not one row silently replacing the other."""
