@@ -60,6 +60,16 @@ def heldout_activations(ctx: RunContext, contexts: torch.Tensor | None = None) -
         return collect_all(ctx.model, ctx.layer, nmse_contexts, ctx.cfg.lm_batch_size, bar.update)
 
 
+def validation_contexts(ctx: RunContext) -> torch.Tensor:
+    """``eval_tokens`` held-out tokens that no reported metric uses: the eval-split contexts after the
+    ones the run scores NMSE and CE on. Choosing a setting (``bench tune``'s learning rates) on them
+    keeps the reported numbers free of selection on their own tokens."""
+    cfg = ctx.cfg
+    reported = -(-max(cfg.eval_tokens, cfg.ce_tokens) // cfg.context_length)
+    wanted = -(-cfg.eval_tokens // cfg.context_length)
+    return eval_contexts(ctx, (reported + wanted) * cfg.context_length)[reported:]
+
+
 def documented_eval_contexts(ctx: RunContext) -> tuple[torch.Tensor, torch.Tensor]:
     """``eval_contexts`` (enough for NMSE and CE) and each of their tokens' document (provenance.py)."""
     cfg = ctx.cfg

@@ -2,8 +2,9 @@
 
 One shared learning rate measures how well each method happens to suit it, not the method. ``bench
 tune`` trains every (method, LR) pair of a grid for a short budget from one activation stream (every
-pair sees the same batches in the same order), scores each on held-out tokens the training never saw,
-and picks per method the LR whose held-out NMSE is lowest. A diverged pair scores +inf, so it is never
+pair sees the same batches in the same order), scores each on held-out validation tokens the training
+never saw and no reported metric uses (the eval-split tokens after those ``bench run`` scores on), and
+picks per method the LR whose held-out NMSE is lowest. A diverged pair scores +inf, so it is never
 chosen. The result is written as JSON with the grid, every score and the command that regenerates it,
 and printed as the ``--method-lr`` value to pass to ``bench run`` (the presets carry values found
 this way).
@@ -20,7 +21,7 @@ from pathlib import Path
 import methods
 from bench.activations import shuffled_batches
 from bench.config import RunConfig
-from bench.eval_set import heldout_activations
+from bench.eval_set import heldout_activations, validation_contexts
 from bench.evaluate import reconstruction_metrics
 from bench.logs import MetricsSink, note, progress
 from bench.results import atomic_write_text
@@ -54,7 +55,7 @@ def tune_learning_rates(cfg: RunConfig, grid: list[float], k: int, tokens: int) 
         raise ValueError(f"--grid must be learning rates > 0, got {grid}")
     names = methods.expand_method_names(cfg.methods)
     ctx = load_run(cfg, Path(cfg.results_dir) / "tune", MetricsSink(False, "", "", {}), lambda: None)
-    x, y = heldout_activations(ctx)
+    x, y = heldout_activations(ctx, validation_contexts(ctx))  # not the tokens the run reports on
     cells = [build_cell(m, ctx.spec, k, cfg.expansion, OptimiserSettings(lr=lr, warmup_steps=cfg.warmup_steps),
                         cfg.seed, ctx.device, ctx.autocast) for m in names for lr in grid]
     source, _ = training_source(ctx, 0)
@@ -76,7 +77,8 @@ def method_lr_flag(results: list[TunedMethod]) -> str:
 
 def write_tuning(results: list[TunedMethod], cfg: RunConfig, tokens: int, path: Path) -> Path:
     record = {"command": "bench " + shlex.join(sys.argv[1:]), "model": cfg.model, "layer": cfg.layer,
-              "dataset": cfg.dataset, "tokens": tokens, "batch_size": cfg.batch_size, "seed": cfg.seed,
+              "dataset": cfg.dataset, "tokens": tokens, "scored_on": "validation: the eval_tokens held-out tokens after those bench run reports on",
+              "eval_tokens": cfg.eval_tokens, "batch_size": cfg.batch_size, "seed": cfg.seed,
               "method_lr": method_lr_flag(results), "methods": [asdict(r) for r in results]}
     atomic_write_text(path, json.dumps(record, indent=1) + "\n")
     return path
