@@ -205,6 +205,18 @@ def boundary_tokens(tokenizer) -> tuple[int, int]:
     return (bos if bos is not None else eos), (eos if eos is not None else bos)
 
 
+def unscored_token_ids(tokenizer) -> tuple[int, ...]:
+    """Token ids whose positions carry no text and are never scored as text: the BOS that starts every
+    context, the EOS between documents, and the padding token when it is a special token (a tokenizer
+    that pads with an ordinary token keeps that token scorable). Many LMs put outsized activations on
+    these positions, which would fill every top-context list and shift every mean."""
+    ids = set(boundary_tokens(tokenizer))
+    pad = tokenizer.pad_token_id
+    if pad is not None and pad in set(getattr(tokenizer, "all_special_ids", ())):
+        ids.add(pad)
+    return tuple(sorted(ids))
+
+
 def pack_contexts(texts: Iterable[str], tokenizer, context_length: int,
                   tokenize_batch: int = 64) -> Iterator[torch.Tensor]:
     """Contexts of ``[BOS] + context_length - 1 tokens`` of the texts joined by EOS.

@@ -65,10 +65,10 @@ def test_unit_statistics_match_a_direct_computation():
     layer = randomised("tc", layer_spec(model, LAYER))
     torch.manual_seed(0)
     ids = torch.randint(4, 96, (3, 20))
-    ids[:, 0], ids[1, 9] = 1, 1  # separators: never scored
-    table = collect_codes(model, LAYER, layer, ids, separator_id=1, batch_size=2)
+    ids[:, 0], ids[1, 9], ids[2, 5] = 1, 2, 0  # BOS, an EOS between documents and a pad: never scored
+    table = collect_codes(model, LAYER, layer, ids, unscored_ids=(0, 1, 2), batch_size=2)
     dense = dense_codes(layer(mlp_inputs(model, LAYER, ids))[1], layer.n_units)
-    scored = (ids != 1).reshape(-1)
+    scored = (ids > 2).reshape(-1)
     ranked = torch.argsort((dense[scored] > 0).sum(0), descending=True).tolist()
     units = ranked[:3] + ranked[-1:]  # the three most frequent and a rare (or dead) one
     stats = unit_stats(table, units, unit_activations(table, units), n_contexts=5, before=3, after=2)
@@ -83,6 +83,30 @@ def test_unit_statistics_match_a_direct_computation():
             assert (context.row, context.position) == (row, position)
             assert context.token_ids[context.focus] == ids[row, position].item()
             assert context.token_ids == ids[row, max(0, position - 3):position + 3].tolist()
+
+
+def test_a_huge_activation_at_an_eos_separator_is_neither_a_top_context_nor_counted(tokenizer):
+    """Packed contexts start with BOS and join documents with EOS. Unit 0 is built to peak exactly at one
+    EOS position (code 1000 there; less everywhere else, as the tiny Llama's normed MLP inputs all have
+    norm sqrt(d)): a dashboard that scored EOS positions would list that one first."""
+    from bench.inspect.dashboard import build_dashboard
+    from tests.conftest import make_documents
+
+    model = tiny_model("llama")
+    texts = [d["text"][:60] for d in make_documents(40, seed=5)]  # short documents: several EOS per context
+    ids = torch.stack([c for _, c in zip(range(4), pack_contexts(texts, tokenizer, CONTEXT))])
+    eos = tokenizer.eos_token_id
+    row, position = map(int, torch.nonzero(ids == eos)[0])
+    x = mlp_inputs(model, LAYER, ids).reshape(*ids.shape, -1)[row, position]
+    layer = randomised("tc", layer_spec(model, LAYER))
+    with torch.no_grad():
+        layer.encoder.weight[0] = x * (1000 / x.square().sum())
+        layer.encoder.bias[0] = 0.0
+    units, (panel,) = build_dashboard(model, tokenizer, LAYER, layer, ids, units=[0])
+    assert panel.stats.max_activation < 999  # the EOS's 1000 is not among the scored codes
+    focus = [c.token_ids[c.focus] for c in panel.stats.top_contexts]
+    assert focus and not {tokenizer.bos_token_id, eos} & set(focus)
+    assert panel.stats.n_scored == int(((ids != eos) & (ids != tokenizer.bos_token_id)).sum())
 
 
 def test_default_units_are_the_most_frequent_then_random_live_ones():
@@ -125,7 +149,8 @@ def test_written_dashboard_numbers_match_a_direct_computation(tiny_run):
     layer = methods.load_layer(tiny_run / row["checkpoint"])
     ids = held_out(row, loaded.tokenizer, 4)
     dense = dense_codes(layer(mlp_inputs(loaded.model, LAYER, ids))[1], layer.n_units)
-    scored = (ids != loaded.tokenizer.bos_token_id).reshape(-1)
+    boundaries = torch.tensor([loaded.tokenizer.bos_token_id, loaded.tokenizer.eos_token_id])
+    scored = ~torch.isin(ids, boundaries).reshape(-1)  # BOS starts each context, EOS joins documents
     html = path.read_text()
     for unit_blob in blob["units"]:
         stats = unit_blob["stats"]

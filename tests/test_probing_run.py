@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from bench.activations import collect_mlp_io
 from bench.probing import runner
 from bench.probing.codes import collect_text_activations, pooled_codes
 from bench.probing.store import PROBING_FILE
@@ -89,6 +90,33 @@ def test_pooled_codes_of_padded_batches_equal_one_text_at_a_time(tiny_model_dir)
         _, codes = spec_layer(x[1:])  # every position but the BOS
         expected = dense_codes(codes, spec_layer.n_units).mean(0)
         torch.testing.assert_close(pooled[row], expected, atol=1e-5, rtol=1e-4)
+
+
+def test_boundary_tokens_a_text_spells_out_are_not_pooled(tiny_model_dir):
+    """A text holding the EOS string (as code files hold "<|endoftext|>") tokenizes to the EOS id; a huge
+    code planted at that position must not reach the text's mean, nor count among its tokens."""
+    from bench.models import layer_spec, load_model
+
+    lm = load_model(str(tiny_model_dir))
+    eos = lm.tokenizer.eos_token_id
+    texts = ["the cat sat on the mat <eos> a dog ran", "the old king ran on the mat"]
+    acts = collect_text_activations(lm.model, LAYER, lm.tokenizer, texts, batch_size=2)
+    tokens = [lm.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    assert eos in tokens[0]
+    assert torch.bincount(acts.text_index).tolist() == [len(t) - t.count(eos) for t in tokens]
+    torch.manual_seed(0)
+    layer = create("tc", layer_spec(lm.model, LAYER), expansion=4, k=4)
+    ids = torch.tensor([[lm.tokenizer.bos_token_id] + tokens[0]])
+    x, _ = collect_mlp_io(lm.model, LAYER, ids)
+    at_eos = x[tokens[0].index(eos) + 1]
+    with torch.no_grad():  # unit 0 peaks at the EOS position (normed inputs share one norm)
+        layer.encoder.weight[0] = at_eos * (1000 / at_eos.square().sum())
+        layer.encoder.bias[0] = 0.0
+    pooled = pooled_codes(layer, acts)
+    content = torch.tensor([0] + [token != eos for token in tokens[0]])  # neither the BOS nor the EOS
+    _, codes = layer(x[content.bool()])
+    torch.testing.assert_close(pooled[0], dense_codes(codes, layer.n_units).mean(0), atol=1e-4, rtol=1e-4)
+    assert pooled[0, 0] < 1000 / len(tokens[0])
 
 
 def test_a_run_without_saved_cells_is_refused(tmp_path):

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bench.data import DataError, iter_documents, pack_contexts
+from bench.data import DataError, boundary_tokens, iter_documents, pack_contexts, unscored_token_ids
 from bench.inspect.cells import check_units, load_cell
 from bench.inspect.decode import SUPPORTED, unit_output_sums
 from bench.inspect.lens import top_tokens
@@ -27,8 +27,8 @@ from methods.mxd import MixtureOfDecoders
 DEFAULT_N_TEXTS = 128  # held-out contexts (of the run's context length) read per dashboard
 N_TOP_UNITS, N_RANDOM_UNITS = 8, 4
 HOW_TO_READ = [
-    "Fires on: the fraction of scored tokens (held-out text, document separators excluded) on which the unit is "
-    "among the token's TopK codes with a non-zero value.",
+    "Fires on: the fraction of scored tokens (held-out text; the BOS, EOS and padding positions excluded) on which "
+    "the unit is among the token's TopK codes with a non-zero value.",
     "Histogram: the unit's non-zero codes in 20 equal bins from 0 to its largest code; hover a bar for its count.",
     "Top-activating contexts: the 10 scored tokens with the largest code, each with 10 tokens before and 4 after "
     "from its own context. The outlined token is where the unit fired; shading is the unit's code on each token "
@@ -49,8 +49,8 @@ def held_out_contexts(dataset: str, tokenizer, context_length: int, n_texts: int
 
 
 def separator_id(tokenizer) -> int:
-    """The token ``pack_contexts`` puts before each document."""
-    return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    """The token ``pack_contexts`` starts every context with (a steering prompt starts with it too)."""
+    return boundary_tokens(tokenizer)[0]
 
 
 def lens_note(layer: SparseLayer) -> str:
@@ -81,7 +81,7 @@ def mean_outputs(layer: SparseLayer, table: CodeTable, units: list[int], activat
 def build_dashboard(model: nn.Module, tokenizer, layer_index: int, layer: SparseLayer, input_ids: torch.Tensor,
                     units: list[int] | None = None, seed: int = 0) -> tuple[list[int], list[UnitPanel]]:
     """The panels of ``units`` (default: the most frequent units plus a few random live ones)."""
-    table = collect_codes(model, layer_index, layer, input_ids, separator_id(tokenizer))
+    table = collect_codes(model, layer_index, layer, input_ids, unscored_token_ids(tokenizer))
     if units is None:
         units = default_units(firing_counts(table, layer.n_units), N_TOP_UNITS, N_RANDOM_UNITS, seed)
         if not units:
@@ -110,7 +110,7 @@ def write_dashboard(run_dir: str | Path, cell: str, units: list[int] | None = No
     meta = {"run": run_dir.name, "model": f"{row['model']} layer {loaded.layer_index}",
             "method": f"{row['method']} (K = {row['k']}, {layer.n_units:,} units)",
             "text": f"{input_ids.shape[0]} held-out contexts of {input_ids.shape[1]} tokens from {row['dataset']} "
-                    "(document separators not scored)",
+                    "(BOS, EOS and padding positions not scored)",
             "units shown": ", ".join(map(str, units))}
     notes = HOW_TO_READ + ([lens_note(layer)] if isinstance(layer, SUPPORTED) else [])
     page = DashboardPage(f"{loaded.label}: unit dashboard", meta, panels, notes)

@@ -1,13 +1,15 @@
 """Held-out contexts -> each unit's firing frequency, top-activating contexts and activation histogram.
 
 A unit FIRES on a token when it is among the token's TopK codes with a non-zero value. The
-SCORED tokens are every position of the held-out contexts except the document separators
-that start each document (BOS, or EOS for tokenizers without one): those positions carry
-no text and, in many LMs, outsized activations that would crowd every top-context list.
+SCORED tokens are every position of the held-out contexts except the boundary tokens
+(``bench.data.unscored_token_ids``): the BOS that starts every context, the EOS between two
+documents, and padding. Those positions carry no text and, in many LMs, outsized activations that
+would crowd every top-context list.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable
 
 import torch
 from torch import nn
@@ -28,8 +30,9 @@ class CodeTable:
 
 @torch.no_grad()
 def collect_codes(model: nn.Module, layer_index: int, layer: SparseLayer, input_ids: torch.Tensor,
-                  separator_id: int, batch_size: int = 8) -> CodeTable:
-    """Run the LM up to layer ``layer_index``'s MLP on each batch of contexts and encode with ``layer``."""
+                  unscored_ids: Iterable[int], batch_size: int = 8) -> CodeTable:
+    """Run the LM up to layer ``layer_index``'s MLP on each batch of contexts and encode with ``layer``;
+    positions holding one of ``unscored_ids`` (BOS, EOS, padding) are marked not scored."""
     device = next(layer.parameters()).device
     values, indices, sources = [], [], []
     for batch in input_ids.split(batch_size):
@@ -39,7 +42,7 @@ def collect_codes(model: nn.Module, layer_index: int, layer: SparseLayer, input_
         values.append(codes.values.float().cpu())
         indices.append(codes.indices.cpu())
         sources.append(source.cpu())
-    scored = (input_ids != separator_id).reshape(-1)
+    scored = ~torch.isin(input_ids, torch.tensor(list(unscored_ids), dtype=input_ids.dtype)).reshape(-1)
     return CodeTable(input_ids.cpu(), scored.cpu(), SparseCodes(torch.cat(values), torch.cat(indices)),
                      torch.cat(sources))
 

@@ -3,8 +3,10 @@ layer's codes (or a baseline's features) mean-pooled over every text's content t
 
 A text becomes ``[BOS] + its first 127 tokens``; texts with fewer than 5 tokens of their own are
 dropped. Pooling averages positions 1..n of each text: the BOS position (the same input for every
-text, with a huge norm in most LMs) and the padding are left out. Texts are right-padded, so under
-causal attention the padding never changes a content token's activations.
+text, with a huge norm in most LMs) and the padding are left out, and so is any BOS, EOS or special
+padding token a text spells out itself (``bench.data.unscored_token_ids``; a code file holding
+"<|endoftext|>" tokenizes to the EOS id). Texts are right-padded, so under causal attention the
+padding never changes a content token's activations.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import torch
 from torch import nn
 
 from bench.activations import collect_mlp_io
+from bench.data import boundary_tokens, unscored_token_ids
 from methods.base import SparseCodes, SparseLayer
 
 MAX_TEXT_TOKENS = 127  # plus BOS: 128-token contexts, as in the reference
@@ -39,7 +42,7 @@ class TextActivations:
 def tokenize_texts(tokenizer, texts: list[str], max_tokens: int = MAX_TEXT_TOKENS,
                    min_tokens: int = MIN_TEXT_TOKENS) -> tuple[list[list[int]], list[int]]:
     """``[BOS] + first max_tokens tokens`` of each text with at least ``min_tokens``; and which texts those were."""
-    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    bos = boundary_tokens(tokenizer)[0]  # the token every training context starts with
     encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
     ids, kept = [], []
     for i, tokens in enumerate(encoded):
@@ -60,10 +63,14 @@ def padded_batch(ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch
     return input_ids, mask
 
 
-def content_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """True at each text's own tokens: attended positions except position 0, the BOS."""
+def content_mask(attention_mask: torch.Tensor, input_ids: torch.Tensor | None = None,
+                 unscored_ids: tuple[int, ...] = ()) -> torch.Tensor:
+    """True at each text's own tokens: attended positions except position 0 (the BOS) and, given the
+    ids, any position holding one of ``unscored_ids``."""
     mask = attention_mask.bool().clone()
     mask[:, 0] = False
+    if input_ids is not None and unscored_ids:
+        mask &= ~torch.isin(input_ids, torch.tensor(unscored_ids, dtype=input_ids.dtype))
     return mask
 
 
@@ -79,16 +86,18 @@ def collect_text_activations(model: nn.Module, layer: int, tokenizer, texts: lis
     if not ids:
         raise ValueError(f"no text has at least {MIN_TEXT_TOKENS} tokens")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    unscored = unscored_token_ids(tokenizer)
     order = sorted(range(len(ids)), key=lambda i: (len(ids[i]), i))
     xs, ys, owners = [], [], []
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
         input_ids, attention = padded_batch([ids[i] for i in rows], pad)
         x, y = collect_mlp_io(model, layer, input_ids)
-        keep = content_mask(attention).reshape(-1).to(x.device)
+        content = content_mask(attention, input_ids, unscored)
+        keep = content.reshape(-1).to(x.device)
         xs.append(x[keep].cpu())
         ys.append(y[keep].cpu() if keep_output else y.new_empty(0, y.shape[-1]).cpu())
-        owners.append(torch.tensor(rows).repeat_interleave(attention.sum(1) - 1))
+        owners.append(torch.tensor(rows).repeat_interleave(content.sum(1)))
     return TextActivations(torch.cat(xs), torch.cat(ys), torch.cat(owners), kept)
 
 
