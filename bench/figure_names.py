@@ -33,6 +33,7 @@ def figure_titles() -> dict[str, str]:
     titles.update({f"{spec.name}_vs_k": f"{spec.label} vs K" for spec in shown_in(FIGURE)})
     titles["pareto"] = "Pareto frontier: CE increase vs L0 (and vs parameters where methods differ in size)"
     titles["tasks_vs_k"] = "Task accuracy vs K"
+    titles["firing_frequency"] = "Firing frequency in training: share of units per decade of selection frequency"
     return titles
 
 

@@ -97,6 +97,11 @@ METRICS: tuple[MetricSpec, ...] = (
                description="units the TopK selects from (latents or experts)"),
 )
 
+# The buckets of a row's ``selection_frequency_histogram`` (counted by ``bench.unit_usage``), declared
+# here so the report can name them without importing torch. Selection frequency f = selections /
+# training tokens: f = 0, then one bucket per decade: f < 1e-8, [1e-8, 1e-7), ..., [1e-2, 1e-1), [1e-1, 1].
+HISTOGRAM_BUCKETS: tuple[str, ...] = ("never", "<1e-8", *(f"1e{e}..1e{e + 1}" for e in range(-8, -1)), "1e-1..1")
+
 
 def metric(name: str) -> MetricSpec:
     for spec in METRICS:

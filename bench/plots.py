@@ -3,12 +3,12 @@
 Per (model, layer): CE with the layer spliced vs K (the paper's main figure), each metric
 ``bench.metrics`` marks for figures vs K (NMSE, ...), the Pareto frontier of CE increase vs L0
 (and vs parameter count when the methods' sizes differ by PARAMS_MATCHED or more; parameter-matched
-methods would stand in a thin vertical strip there), task accuracy vs K; plus one overview grid of
-delta CE vs K over every model/layer. Anything a run did not record is skipped, never guessed, so
-partial or in-progress runs still plot. Models are named by ``figure_names.display_name``: a local
-path by its directory's name, not the whole path.
+methods would stand in a thin vertical strip there), task accuracy vs K, each cell's firing-frequency
+histogram (small multiples); plus one overview grid of delta CE vs K over every model/layer. Anything a
+run did not record is skipped, never guessed, so partial or in-progress runs still plot. Models are
+named by ``figure_names.display_name``: a local path by its directory's name, not the whole path.
 
-Length: about 300 lines, one function per figure kind plus the axes helpers they share; splitting
+Length: about 340 lines, one function per figure kind plus the axes helpers they share; splitting
 the figures across modules would separate each from the helpers that give them one look.
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullLocator  # noqa: E402
 
 from bench.figure_names import OVERVIEW_STEM, display_name, figure_stem  # noqa: E402
-from bench.metrics import FIGURE, MetricSpec, shown_in  # noqa: E402
+from bench.metrics import FIGURE, HISTOGRAM_BUCKETS, MetricSpec, shown_in  # noqa: E402
 from bench.results_frame import load_results, ordered_methods, task_metrics  # noqa: E402
 from bench.style import (  # noqa: E402
     RC, MethodStyle, k_axis, legend_entries, legend_right, log_y_if_wide, method_styles, pad_y,
@@ -242,6 +242,45 @@ def plot_tasks_vs_k(frame: pd.DataFrame, styles: dict[str, MethodStyle], title: 
     return fig
 
 
+def _histograms(frame: pd.DataFrame) -> pd.DataFrame:
+    """The cells that recorded a selection-frequency histogram (rows from before it existed have none)."""
+    if "selection_frequency_histogram" not in frame.columns:
+        return frame.iloc[:0]
+    recorded = frame["selection_frequency_histogram"].map(
+        lambda h: isinstance(h, (list, tuple)) and len(h) == len(HISTOGRAM_BUCKETS) and sum(h) > 0)
+    return frame[recorded]
+
+
+def plot_firing_frequency(frame: pd.DataFrame, styles: dict[str, MethodStyle], title: str) -> Figure | None:
+    """Small multiples, method x K: each cell's share of units per decade of training selection frequency,
+    so a cell that leaves units unused and one that spreads selections evenly look different at a glance.
+    Shares, not counts: methods select among different numbers of units (latents or experts)."""
+    cells = _histograms(frame)
+    if cells.empty:
+        return None
+    methods, ks = ordered_methods(cells["method"]), sorted(cells["k"].unique())
+    fig, axes = plt.subplots(len(methods), len(ks), figsize=(2.6 * len(ks) + 0.8, 1.45 * len(methods) + 1.4),
+                             layout="constrained", squeeze=False, sharex=True, sharey=True)
+    positions = np.arange(len(HISTOGRAM_BUCKETS))
+    for (i, method), (j, k) in ((m, c) for m in enumerate(methods) for c in enumerate(ks)):
+        ax = axes[i, j]
+        cell = cells[(cells["method"] == method) & (cells["k"] == k)]
+        ax.set_title(f"{method} · K={k}", fontsize=8.5)
+        if cell.empty:  # a cell that failed, or one from before the histogram existed
+            ax.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=ax.transAxes, color="0.4")
+            continue
+        counts = np.asarray(cell.iloc[0]["selection_frequency_histogram"], dtype=float)
+        ax.bar(positions, counts / counts.sum(), color=styles[method].color, width=0.8)
+        ax.set_ylim(0, 1)
+        ax.grid(axis="x", visible=False)
+    for ax in axes[-1]:
+        ax.set_xticks(positions, HISTOGRAM_BUCKETS, rotation=60, ha="right", fontsize=7)
+    fig.supxlabel("selection frequency in training (selections / training tokens)", fontsize=9)
+    fig.supylabel("share of units", fontsize=9)
+    fig.suptitle(title)
+    return fig
+
+
 def plot_overview(frame: pd.DataFrame, styles: dict[str, MethodStyle]) -> Figure | None:
     """One panel per (model, layer): delta CE over K, the quickest read of a whole run."""
     groups = [(key, g) for key, g in frame.groupby(["model", "layer"], sort=True) if _has(g, "delta_ce")]
@@ -273,6 +312,7 @@ def figure_makers() -> dict[str, Callable[[pd.DataFrame, dict[str, MethodStyle],
         **{f"{spec.name}_vs_k": partial(plot_metric_vs_k, spec) for spec in shown_in(FIGURE)},
         "pareto": plot_pareto,
         "tasks_vs_k": plot_tasks_vs_k,
+        "firing_frequency": plot_firing_frequency,
     }
 
 

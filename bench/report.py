@@ -3,7 +3,7 @@
 The report is the run's readable record: everything in it comes from the stored rows, so it can be
 regenerated at any time (after a resumed run, or with new figures) without touching a model.
 
-Length: a little over 250 lines, one function per section of REPORT.md plus the table formatting
+Length: about 300 lines, one function per section of REPORT.md plus the table formatting
 they share; the metric columns themselves come from bench/metrics.py.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Callable, Iterable
 import pandas as pd
 
 from bench.figure_names import OVERVIEW_STEM, display_name, figure_stem, figure_titles
-from bench.metrics import REPORT, shown_in
+from bench.metrics import HISTOGRAM_BUCKETS, REPORT, shown_in
 from bench.results_frame import REQUIRED, method_sort_key, read_cells, task_metrics
 
 DASH = "—"  # a value the run did not record
@@ -186,6 +186,33 @@ def _stderr_caption(ok: pd.DataFrame) -> str:
             f"{documents} {noun} from):")
 
 
+def _histogram(value: object) -> list[int] | None:
+    """A row's selection_frequency_histogram, or None where the row predates it (or holds something else)."""
+    if isinstance(value, (list, tuple)) and len(value) == len(HISTOGRAM_BUCKETS):
+        return [int(count) for count in value]
+    return None
+
+
+def _firing_table(ok: pd.DataFrame) -> list[str]:
+    """Units per bucket of training selection frequency, one row per cell: whether a method leaves units
+    unused, or spreads its selections over all of them, where a single never-selected count cannot say.
+    Left out when no cell recorded it (rows from before the histogram existed)."""
+    histograms = ok.get("selection_frequency_histogram", pd.Series(None, index=ok.index)).map(_histogram)
+    if histograms.isna().all():
+        return []
+    # The f = 0 bucket is the row's never_selected count, so it is headed as such.
+    header = ["method", "K", "units", f"{HISTOGRAM_BUCKETS[0]} selected", *HISTOGRAM_BUCKETS[1:]]
+    rows = []
+    order = ok.assign(_order=ok["method"].map(method_sort_key)).sort_values(["_order", "k"])
+    for index, row in order.iterrows():
+        counts = histograms[index]
+        rows.append([row["method"], str(row["k"]), _fmt(row.get("n_units"), ",.0f"),
+                     *([f"{c:,}" for c in counts] if counts else [DASH] * len(HISTOGRAM_BUCKETS))])
+    caption = ("Firing frequency in training, units per bucket of f = selections / training tokens over the "
+               "whole training stream (bucket a..b: a ≤ f < b; the last includes 1):")
+    return [caption, ""] + _table(header, rows) + [""]
+
+
 def _figure_link(path: Path, report_dir: Path, title: str) -> list[str]:
     rel = Path(os.path.relpath(path, report_dir)).as_posix()
     rel_pdf = rel[: -len(".png")] + ".pdf"
@@ -259,7 +286,7 @@ def write_report(run_dir: Path, figures_dir: Path) -> Path:
             lines += [f"Model id: `{model_ids}`.", ""]
         lines += _reference_lines(ok) + _ce_grid(group, ok)
         if not ok.empty:
-            lines += _metrics_table(ok)
+            lines += _metrics_table(ok) + _firing_table(ok)
         lines += _figures(figures_dir, report_dir, model, layer)
     lines += _failures(cells) + _resumed(cells)
     if not any(figures_dir.glob("*.png")):

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import torch
 
+from bench.metrics import HISTOGRAM_BUCKETS  # f = 0, then one bucket per decade of f, declared with the metrics
 from methods.base import SparseCodes
 
-# The histogram's buckets of selection frequency f = selections / training tokens: f = 0, then one
-# bucket per decade: f < 1e-8, [1e-8, 1e-7), ..., [1e-2, 1e-1), [1e-1, 1].
-HISTOGRAM_BUCKETS = ("never", "<1e-8", *(f"1e{e}..1e{e + 1}" for e in range(-8, -1)), "1e-1..1")
 _DECADES = range(1, 9)  # f >= 10^-e for e in 1..8, tested in integers (no rounding of log10)
 
 

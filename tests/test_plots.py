@@ -356,3 +356,25 @@ def test_a_results_directory_stands_for_every_run_in_it(tmp_path: Path, monkeypa
         find_run_dirs([results / "perf"])
     with pytest.raises(ValueError, match="nope: no such directory"):
         find_run_dirs([tmp_path / "nope"])
+
+
+def test_firing_frequency_panels_show_each_cells_share_of_units(tmp_path: Path) -> None:
+    from bench.plots import plot_firing_frequency
+
+    histograms = {("tc", 16): [5, 0, 0, 0, 0, 1, 20, 300, 600, 98], ("mxd", 16): [0, 0, 0, 0, 0, 0, 3, 40, 500, 9],
+                  ("mxd", 64): [12, 0, 0, 0, 2, 7, 70, 80, 90, 100]}
+    rows = [make_row("gpt2", m, k, selection_frequency_histogram=h) for (m, k), h in histograms.items()]
+    rows.append(make_row("gpt2", "tc", 64))  # from before the histogram existed: its panel says so
+    run = write_cells(tmp_path / "r", rows).parent
+    frame = load_results([run])
+    fig = plot_firing_frequency(frame, method_styles(frame.method), "gpt2")
+    try:
+        panels = {ax.get_title(): ax for ax in fig.axes}
+        assert sorted(panels) == ["mxd · K=16", "mxd · K=64", "tc · K=16", "tc · K=64"]
+        for (method, k), counts in histograms.items():
+            heights = [bar.get_height() for bar in panels[f"{method} · K={k}"].patches]
+            assert heights == pytest.approx(np.array(counts) / sum(counts))
+        assert not panels["tc · K=64"].patches and [t.get_text() for t in panels["tc · K=64"].texts] == ["not recorded"]
+    finally:
+        plt.close(fig)
+    assert "gpt2_L8_firing_frequency.png" in {p.name for p in plot_results([run], tmp_path / "figs")}

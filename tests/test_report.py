@@ -129,3 +129,37 @@ def test_resumed_cells_are_listed(tmp_path: Path) -> None:
     (run / "cells.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     text = write_report(run, tmp_path / "figures").read_text()
     assert "## Resumed cells" in text and "| tc | 16 | 1,024 |" in text and "| mxd | 16 | 1,0" not in text
+
+
+def firing_rows() -> list[dict]:
+    """Cells with a training selection-frequency histogram each, and one row from before it existed."""
+    rows = []
+    for i, method in enumerate(METHODS):
+        for k in (16, 64):
+            histogram = [7 * i + k, 0, 0, 0, 1, 2 + i, 30 * k, 900 + i, 1_500 - k, 40 * (i + 1)]
+            rows.append(make_row("gpt2", method, k, selection_frequency_histogram=histogram,
+                                 never_selected=histogram[0], never_selected_fraction=histogram[0] / sum(histogram)))
+    return rows + [make_row("gpt2", "tc", 256)]  # an older row: neither field
+
+
+def test_the_firing_frequency_table_shows_each_cells_histogram(tmp_path: Path) -> None:
+    import json
+
+    run = write_cells(tmp_path / "r", firing_rows()).parent
+    text = write_report(run, tmp_path / "figs").read_text()
+    section = text.split("Firing frequency in training", 1)[1].split("\n\n", 2)[1]
+    assert section.splitlines()[0] == ("| method | K | units | never selected | <1e-8 | 1e-8..1e-7 | 1e-7..1e-6 | "
+                                       "1e-6..1e-5 | 1e-5..1e-4 | 1e-4..1e-3 | 1e-3..1e-2 | 1e-2..1e-1 | 1e-1..1 |")
+    written = [json.loads(line) for line in (run / "cells.jsonl").read_text().splitlines()]
+    for row in written:
+        counts = row.get("selection_frequency_histogram")
+        shown = [f"{c:,}" for c in counts] if counts else ["—"] * 10
+        line = f"| {row['method']} | {row['k']} | {row['n_units']:,} | " + " | ".join(shown) + " |"
+        assert line in section.splitlines(), line
+    assert len(section.splitlines()) == 2 + len(written)
+
+
+def test_a_run_from_before_the_histogram_has_no_firing_table(run_dir: Path, figures_dir: Path) -> None:
+    text = write_report(run_dir, figures_dir).read_text()
+    assert "units per bucket of f" not in text and "| never selected |" not in text
+    assert "firing_frequency.png" in text  # a figure already drawn is still linked
