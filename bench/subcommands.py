@@ -15,7 +15,7 @@ from bench.parsing import float_list
 from bench.inspect import add_inspect_arguments, run_inspect
 from bench.probing import add_probe_arguments, run_probe_command
 from bench.steer import add_steer_arguments, run_steer
-from bench.validation import UsageError, validate
+from bench.validation import UsageError, check_writable, validate
 
 EXIT_OK = 0
 # Arguments of `bench run` (and `tune`) that are not RunConfig settings.
@@ -67,6 +67,13 @@ def add_tune_arguments(tune: argparse.ArgumentParser) -> None:
                       help="training tokens per (method, LR) pair (default: the run's --tokens)")
     tune.add_argument("--out", default=None, metavar="FILE.json",
                       help="where the grid, scores and choices go (default: <results-dir>/tune/<model>-L<layer>.json)")
+
+
+def add_curve_arguments(curve: argparse.ArgumentParser) -> None:
+    curve.add_argument("runs", nargs="+", help="run directories that differ only in --tokens (results/<run>)")
+    curve.add_argument("--out-dir", default=None, metavar="DIR",
+                       help="where the figure and tables go (default: figures/<the runs' shared name>-curve "
+                            "beside the results directory)")
 
 
 def evaluate(args: argparse.Namespace) -> int:
@@ -141,6 +148,20 @@ def compare(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def curve(args: argparse.Namespace) -> int:
+    """ΔCE vs training tokens from runs that differ only in --tokens: a figure and its points as CSV and markdown."""
+    from bench.curve_figure import plot_learning_curve
+    from bench.learning_curve import default_out_dir, learning_curve, write_points
+
+    runs = run_dirs(args.runs)
+    found = learning_curve(runs)
+    out = Path(args.out_dir) if args.out_dir else default_out_dir(runs)
+    check_writable(out, "figures directory")
+    for path in write_points(found, out) + plot_learning_curve(found, out):
+        print(f"wrote {path}", file=sys.stderr)
+    return EXIT_OK
+
+
 def run_dirs(given: list[str]) -> list[Path]:
     """The run directories given (a results directory stands for every run in it), or every run
     under ./results; a path that holds no run is a one-line error (figure_names.RunsNotFound)."""
@@ -157,6 +178,8 @@ COMMANDS = [
                "it to the hub", add_export_arguments, export),
     ("compare", "each method's paired CE and KL difference to a baseline method, per K, with its standard error "
                 "and p-value", add_compare_arguments, compare),
+    ("curve", "the learning curve, ΔCE vs training tokens, of runs that differ only in --tokens (no model "
+              "needed)", add_curve_arguments, curve),
     ("tune", "pick each method's learning rate by held-out loss over a grid", add_tune_arguments, tune),
     ("probe", "sparse probing: how well single units (or a few) of each saved cell encode known concepts, with "
               "the MLP's neurons, random projections and a dense probe as baselines", add_probe_arguments,
