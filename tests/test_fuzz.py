@@ -55,37 +55,71 @@ def test_malformed_command_lines_fail_cleanly(argv, tmp_path, capsys, tiny_model
     err = capsys.readouterr().err.strip()
     assert code == 2, err
     assert len(err.splitlines()) == 1 and "Traceback" not in err and err.startswith("bench")
+    flag, value = argv[1], argv[2]  # refused for its own bad value: the flag, the value or its bad part named
+    parts = {p for p in (value, *value.split(",")) if p.strip()}
+    assert flag in err or any(repr(p) in err or (len(p) > 1 and p in err) for p in parts), err
     assert not (tmp_path / "out").exists()
+
+
+# Each fragment of a garbage config and the reason it alone is refused, naming the bad value (None: valid;
+# "TOML": the file no longer parses). A file holding several bad fragments is refused for one of theirs.
+CONFIG_FRAGMENTS = {
+    "[[runs]]": None,
+    "k = ": "TOML",
+    "= =": "TOML",
+    "\x00": "TOML",
+    "\"": "TOML",
+    "tokens = -1": "--tokens must be a positive integer, got -1",
+    "layer = -4": "--layer must be >= 0, got -4",
+    "methods = 3": "--methods must be a list of names, got [3]",
+    "k = [1, \"a\"]": "--k must be a list of integers, got [1, 'a']",
+    "lr = \"x\"": "--lr must be float, got 'x'",
+    "trust_remote_code = \"yes\"": "--trust-remote-code must be true or false, got 'yes'",
+    "preset = \"nope\"": "unknown preset 'nope'; choose from smoke, paper",
+    "unknown_key = 1": "unknown setting 'unknown_key'",
+    "[runs]": "`runs` must be an array of tables ([[runs]])",
+}
 
 
 def _garbage_configs(n, seed=1):
     rng = random.Random(seed)
-    fragments = ["k = ", "[[runs]]", "tokens = -1", "methods = 3", "= =", "\x00", "trust_remote_code = \"yes\"",
-                 "lr = \"x\"", "[runs]", "preset = \"nope\"", "unknown_key = 1", "k = [1, \"a\"]", "\"", "layer = -4"]
+    fragments = list(CONFIG_FRAGMENTS)
     for _ in range(n):
-        yield "\n".join(rng.choice(fragments) for _ in range(rng.randint(1, 4)))
+        yield [rng.choice(fragments) for _ in range(rng.randint(1, 4))]
+    yield ["[[runs]]", "[[runs]]"]  # the valid kind, whatever the draws
 
 
-@pytest.mark.parametrize("text", list(_garbage_configs(25)))
-def test_malformed_config_files_fail_cleanly(text, tmp_path, capsys, tiny_model_dir, corpus_file, monkeypatch):
+@pytest.mark.parametrize("fragments", list(_garbage_configs(25)), ids=lambda f: repr("\n".join(f)))
+def test_malformed_config_files_fail_cleanly(fragments, tmp_path, capsys, tiny_model_dir, corpus_file, monkeypatch):
     """Each garbage file on its own: only one made of nothing but [[runs]] headers is valid (one run per
-    header, every setting from the flags), and that one must reach the executor; every other exits 2."""
+    header, every setting from the flags), and that one must reach the executor; every other exits 2 in
+    one line that gives its own reason: tomllib's complaint for a file that does not parse, else the
+    refusal of one of its bad fragments, naming the bad value."""
+    import tomllib
+
     import bench.executors
 
     reached = []
     monkeypatch.setattr(bench.executors, "run_sweep", lambda configs, *a, **k: reached.extend(configs) or [])
+    text = "\n".join(fragments)
     path = tmp_path / "sweep.toml"
     path.write_text(text)
     code = main(["run", "--config", str(path), "--model", str(tiny_model_dir), "--dataset", str(corpus_file),
                  "--results-dir", str(tmp_path / "out"), "--no-figures"])
     err = capsys.readouterr().err.strip()
-    valid = all(line == "[[runs]]" for line in text.splitlines())
-    if valid:
-        assert code == 0 and len(reached) == text.count("[[runs]]"), err
-    else:
-        assert code == 2 and not reached, err
-        assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+    if all(f == "[[runs]]" for f in fragments):
+        assert code == 0 and len(reached) == len(fragments), err
+        return
+    assert code == 2 and not reached, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err and err.startswith("bench")
+    try:
+        tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        assert err.endswith(f"config file {path} is not valid TOML: {error}"), err
+        return
+    reasons = {CONFIG_FRAGMENTS[f] for f in fragments} - {None, "TOML"}
+    assert any(reason in err for reason in reasons), (err, reasons)
 
 
 @pytest.mark.parametrize("argv, message", [
