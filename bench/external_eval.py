@@ -1,6 +1,11 @@
 """``bench eval --load``: dictionaries trained elsewhere (SAELens, sparsify, our own exports), scored
 with exactly the evaluation a trained cell gets, as rows of a run beside trained cells.
 
+The converted layer is saved in the run as a checkpoint like a trained cell's (``checkpoints/<name>``:
+safetensors weights and a JSON config, never a pickle), and the row names it, so every command that
+reads saved cells (``bench probe``, ``bench inspect``, ``bench steer``, ``bench eval --tasks``) reads it
+the same way, with no need for the original source (a hub repository, a folder that may move).
+
 A TopK dictionary keeps its K. A JumpReLU or ReLU dictionary has no K: its row's ``k`` is its measured
 L0 on the eval tokens, rounded (``k_from_l0: true``), so it sits on the figures' K axis where its
 sparsity puts it.
@@ -10,7 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench.cell_eval import score_layer
+from bench.cell_eval import cell_file_name, score_layer
 from bench.config import RunConfig
 from bench.eval_set import build_eval_set
 from bench.interop import load_dictionary, splice_site
@@ -20,6 +25,8 @@ from bench.rows import settings_digest
 from bench.run_context import load_run
 from bench.runlock import RunLock
 from bench.validation import check_run_inputs
+from methods.base import SparseLayer
+from methods.checkpoint import save_layer
 
 
 def evaluate_external(cfg: RunConfig, sources: list[str], norm_scaling_factor: float | None = None) -> list[dict]:
@@ -40,7 +47,20 @@ def evaluate_external(cfg: RunConfig, sources: list[str], norm_scaling_factor: f
             if row["k"] is None:
                 row["k"], row["k_from_l0"] = max(1, round(row["l0"])), True
             row["settings_digest"] = settings_digest(row)
+            row.update(save_converted(ctx.run_dir, layer, row))
             LOGGER.info("external %s", json.dumps(row, sort_keys=True, default=str))
             ctx.store.append(row)
             note(f"{dictionary.method} from {dictionary.source}: ΔCE {row['delta_ce']:+.4f}, NMSE {row['nmse']:.3f}")
         return ctx.store.rows()
+
+
+def save_converted(run_dir: Path, layer: SparseLayer, row: dict) -> dict:
+    """Save the converted layer under ``run_dir/checkpoints``; the row's ``checkpoint`` fields. A full disk
+    loses the weights, not the measured row (as for a trained cell)."""
+    name = f"checkpoints/{cell_file_name(row)}"
+    try:
+        save_layer(layer, run_dir / name)
+    except OSError as error:
+        note(f"{row['method']} from {row['source']}: its checkpoint could not be saved ({error.strerror or error})")
+        return {"checkpoint": None, "checkpoint_error": f"{error.strerror or error}"}
+    return {"checkpoint": name}

@@ -3,7 +3,7 @@
 Importing this package registers the built-in methods. Use ``create(name, spec, k=...)``,
 ``method_names()`` and ``register`` to add your own; ``save_layer`` / ``load_layer`` for checkpoints.
 """
-from methods import lowrank_moe, mxd, sae, transcoder  # noqa: F401  (registration side effects)
+from methods import external, lowrank_moe, mxd, sae, transcoder  # noqa: F401  (registration side effects)
 from methods.base import LayerSpec, MethodConfig, SparseCodes, SparseLayer
 from methods.checkpoint import load_layer, save_layer
 from methods.registry import (

@@ -9,7 +9,8 @@ The threshold rule ``[pre > max(theta, 0)]`` is ReLU(pre) * [pre > theta] for ev
 
 These classes exist only so that ``bench.interop`` can score such dictionaries beside our
 methods; they are deliberately NOT registered, so ``--methods all`` never tries to train them
-and they have no training constraint. The number of active units varies per token, so
+and they have no training constraint. They are registered as load-only instead, under the names
+``bench.interop`` gives them, so a converted dictionary saved as a checkpoint loads back. The number of active units varies per token, so
 ``forward`` returns codes as wide as the busiest token of the batch: every active unit is
 listed, and narrower tokens are padded with value 0 (which ``SparseCodes`` reads as inactive).
 ``config.k`` is the width, the only bound on how many units can be active.
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 
 from methods.base import LayerSpec, MethodConfig, SparseCodes, SparseLayer, sparse_decode
+from methods.registry import register_load_only
 
 
 @dataclass
@@ -34,6 +36,7 @@ class ThresholdConfig(MethodConfig):
     match_params: bool = False
 
 
+@register_load_only("external-jumprelu-transcoder", "external-relu-transcoder")
 class ThresholdTranscoder(SparseLayer):
     """JumpReLU (or ReLU) transcoder: MLP input -> MLP output, optionally with a linear skip."""
 
@@ -78,6 +81,7 @@ class ThresholdTranscoder(SparseLayer):
         return 2 * d * width + width + d + (width if config.jump else 0) + (d * d if config.skip else 0)
 
 
+@register_load_only("external-jumprelu-sae", "external-relu-sae")
 class ThresholdAutoencoder(ThresholdTranscoder):
     """JumpReLU (or ReLU) SAE on the MLP output: spliced, the model computes SAE(MLP(x))."""
 

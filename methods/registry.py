@@ -40,6 +40,9 @@ class RegisteredMethod:
 
 
 _REGISTRY: dict[str, RegisteredMethod] = {}
+# Classes a checkpoint may name that are never trained (``--methods all`` never lists them): layers
+# converted from dictionaries trained elsewhere, saved so that later commands (probe, inspect) load them.
+_LOAD_ONLY: dict[str, type[SparseLayer]] = {}
 
 
 def register(name: str, **defaults: Any) -> Callable[[type[SparseLayer]], type[SparseLayer]]:
@@ -60,6 +63,24 @@ def register(name: str, **defaults: Any) -> Callable[[type[SparseLayer]], type[S
         return cls
 
     return decorate
+
+
+def register_load_only(*names: str) -> Callable[[type[SparseLayer]], type[SparseLayer]]:
+    """Class decorator: checkpoints whose method is one of ``names`` rebuild as ``cls``; never trainable."""
+
+    def decorate(cls: type[SparseLayer]) -> type[SparseLayer]:
+        for name in names:
+            if name in _REGISTRY:
+                raise ValueError(f"method name {name!r} is a registered, trainable method")
+            _LOAD_ONLY[name] = cls
+        return cls
+
+    return decorate
+
+
+def layer_class(name: str) -> type[SparseLayer]:
+    """The class a saved layer's method name stands for: a registered method's, or a load-only one."""
+    return _LOAD_ONLY[name] if name in _LOAD_ONLY else get_method(name).cls
 
 
 def method_names() -> list[str]:
@@ -104,8 +125,7 @@ def create(name: str, spec: LayerSpec, **config: Any) -> SparseLayer:
 
 def build_from_config(blob: dict[str, Any]) -> SparseLayer:
     """Rebuild a layer from ``SparseLayer.to_config()`` output (checkpoints use this)."""
-    entry = get_method(blob["method"])
-    layer = entry.cls.from_config(blob)
+    layer = layer_class(blob["method"]).from_config(blob)
     layer.name = blob["method"]
     return layer
 

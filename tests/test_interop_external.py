@@ -67,3 +67,19 @@ def test_the_sae_reads_the_mlp_output_and_subtracts_its_input_shift():
     pre = (y - layer.b_out) @ layer.encoder.weight.T + layer.encoder.bias
     assert layer.input_site == "mlp_output"
     torch.testing.assert_close(layer(y)[0], pre.relu() @ layer.decoder + layer.b_out)
+
+
+@pytest.mark.parametrize("cls,jump", list(itertools.product((ThresholdTranscoder, ThresholdAutoencoder), (True, False))))
+def test_saved_under_the_interop_name_it_loads_back_as_the_same_function(tmp_path, cls, jump):
+    """bench eval --load saves the converted layer in the run; later commands load it through load_layer."""
+    from methods import load_layer, save_layer
+
+    layer = _layer(cls, jump=jump)
+    with torch.no_grad():
+        layer.input_shift.normal_()  # a buffer, not a parameter: it must travel too
+    kind = "sae" if cls is ThresholdAutoencoder else "transcoder"
+    layer.name = f"external-{'jumprelu' if jump else 'relu'}-{kind}"  # as bench.interop names it
+    loaded = load_layer(save_layer(layer, tmp_path / "c"))
+    assert type(loaded) is cls and loaded.name == layer.name
+    x = torch.randn(6, SPEC.d_model, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(loaded(x)[0], layer(x)[0])
