@@ -178,7 +178,7 @@ def plot_and_report(run_dirs: list[Path], figures_root: str | None, plot: bool, 
     given (figure_names.figures_dir_for), so runs never overwrite each other's files."""
     from bench.figure_names import figures_dir_for
     from bench.plots import plot_results
-    from bench.probing_figure import plot_probing
+    from bench.probing_figure import plot_probing, plot_steering
     from bench.report import write_report
 
     for run_dir in run_dirs:
@@ -186,6 +186,7 @@ def plot_and_report(run_dirs: list[Path], figures_root: str | None, plot: bool, 
         check_writable(figures, "figures directory")
         if plot:
             written = plot_results([run_dir], figures) + plot_probing(run_dir, figures)
+            written += plot_steering(run_dir, figures)
             print(f"{run_dir}: {len(written)} figure files in {figures}", file=sys.stderr)
         if report:
             print(f"{run_dir}: wrote {write_report(run_dir, figures)}", file=sys.stderr)

@@ -95,6 +95,20 @@ METRICS: tuple[MetricSpec, ...] = (
                description="trainable parameters of the sparse layer"),
     MetricSpec("n_units", "units", "units", ",.0f", None, shown=_s(SUMMARY),
                description="units the TopK selects from (latents or experts)"),
+    # Measured after training by `bench probe` / `bench steer` and joined to rows when read
+    # (bench.cell_scores); REPORT.md's probing and steering sections and their figures show them.
+    MetricSpec("probing.mean.f1_k1", "probing F1, k=1", "F1@1", ".3f", True, stderr="probing.mean.f1_k1_stderr",
+               description="class-mean test F1 of the 1-sparse probe, averaged over the probing datasets"),
+    MetricSpec("probing.mean.f1_k5", "probing F1, k=5", "F1@5", ".3f", True, stderr="probing.mean.f1_k5_stderr",
+               description="class-mean test F1 of the 5-sparse probe, averaged over the probing datasets"),
+    MetricSpec("steering.perplexity", "steered perplexity", "ppl", ".1f", False,
+               stderr="steering.perplexity_stderr", axis="perplexity of steered samples (clean model)",
+               description="clean-model perplexity of the steered samples, mean over the steered units"),
+    MetricSpec("steering.coherence_proxy", "coherence (proxy)", "coh*", ".3f", True,
+               stderr="steering.coherence_proxy_stderr", axis="coherence PROXY: extra firing of the unit on its text",
+               description="offline proxy, not a judge: clip((g - g0) / (1 - g0), 0, 1), mean over steered units"),
+    MetricSpec("steering.coherence_judge", "coherence (judge)", "coh", ".3f", True,
+               description="an LLM judge's 0-1 coherence of the steered samples, mean over steered units"),
 )
 
 # The buckets of a row's ``selection_frequency_histogram`` (counted by ``bench.unit_usage``), declared

@@ -1,7 +1,12 @@
-"""The figure no peer draws: each cell's probing F1 against its CE increase, so faithfulness and
+"""The figures no peer draws: each cell's probing F1 against its CE increase, so faithfulness and
 interpretability are read off one plot. One point per cell (labelled by K) with error bars on both
 axes; the base MLP's neurons and random projections of the cells' widths are horizontal reference
 lines; the dense probe on the MLP input is the ceiling. Drawn only for runs with ``probing.jsonl``.
+
+Beside it, for runs where ``bench steer`` has run, each steered cell's steering scores against its
+ΔCE (``plot_steering``), read from the joined results frame: the coherence PROXY (labelled so on the
+axis; a judge's score is in REPORT.md's table, not plotted, since few cells get judged) and the
+steered samples' perplexity, with the unsteered samples' perplexity as the reference line.
 """
 from __future__ import annotations
 
@@ -14,12 +19,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from bench.figure_names import figure_stem  # noqa: E402
+from bench.metrics import metric  # noqa: E402
 from bench.probing.store import ProbeStore  # noqa: E402
 from bench.probing.summary import probing_points  # noqa: E402
-from bench.results_frame import ordered_methods  # noqa: E402
+from bench.report_scores import PROBING_FIGURE, STEERING_FIGURE  # noqa: E402
+from bench.results_frame import load_results, ordered_methods  # noqa: E402
 from bench.style import RC, legend_right, method_styles, save_figure  # noqa: E402
 
-PROBING_KIND = "probing_vs_delta_ce"
+PROBING_KIND, STEERING_KIND = PROBING_FIGURE, STEERING_FIGURE  # named where REPORT.md links them
 REFERENCE_LINES = {"baseline:mlp-neurons": ("MLP neurons", "--"), "baseline:random-projection": ("random projection", ":")}
 
 
@@ -61,3 +68,42 @@ def plot_probing(run_dir: Path, out_dir: Path, probe: str = "k-sparse", probe_k:
             written += save_figure(fig, Path(out_dir) / figure_stem(model, layer, PROBING_KIND))
             plt.close(fig)
     return written
+
+
+def plot_steering(run_dir: Path, out_dir: Path) -> list[Path]:
+    """Write the steering-vs-ΔCE figure of each (model, layer) with steered cells; returns the files."""
+    frame = load_results(run_dir)
+    if "steering.units" not in frame.columns:
+        return []
+    steered = frame[frame["steering.units"].notna() & frame["delta_ce"].notna()]
+    written: list[Path] = []
+    for (model, layer), cells in steered.groupby(["model", "layer"], sort=True):
+        with plt.rc_context(RC):
+            fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.2), layout="constrained")
+            styles = method_styles(cells["method"])
+            for ax, spec in zip(axes, (metric("steering.coherence_proxy"), metric("steering.perplexity"))):
+                for method in ordered_methods(cells["method"]):
+                    mine = cells[cells["method"] == method].sort_values("k")
+                    ax.errorbar(mine["delta_ce"], mine[spec.name], xerr=_errors(mine, "delta_ce_stderr"),
+                                yerr=_errors(mine, spec.stderr), color=styles[method].color,
+                                marker=styles[method].marker, lw=1.2, capsize=2.5, label=method)
+                    for _, p in mine.iterrows():
+                        ax.annotate(f"K={p['k']}", (p["delta_ce"], p[spec.name]), textcoords="offset points",
+                                    xytext=(4, 3), fontsize=7.5, color=styles[method].color)
+                ax.set_xlabel("ΔCE with the layer spliced (lower: more faithful)")
+                ax.set_ylabel(spec.axis_label)
+            baseline = cells["steering.baseline_perplexity"].mean() if "steering.baseline_perplexity" in cells else None
+            if baseline is not None and baseline == baseline:
+                axes[1].axhline(baseline, color="0.35", ls="--", lw=1.1, label="unsteered samples")
+            axes[0].set_title("coherence (offline proxy, not a judge), mean over steered units")
+            axes[1].set_title("fluency: clean-model perplexity (lower: more fluent)")
+            fig.suptitle(f"{model} · layer {layer}: steering vs faithfulness")
+            legend_right(axes[1])
+            written += save_figure(fig, Path(out_dir) / figure_stem(model, layer, STEERING_KIND))
+            plt.close(fig)
+    return written
+
+
+def _errors(frame, column: str | None):
+    """A column of standard errors for error bars, 0 where missing; None when the frame has none."""
+    return frame[column].fillna(0) if column and column in frame else None

@@ -17,6 +17,7 @@ import pandas as pd
 
 from bench.figure_names import OVERVIEW_STEM, display_name, figure_stem, figure_titles
 from bench.metrics import HISTOGRAM_BUCKETS, REPORT, shown_in
+from bench.report_scores import score_sections
 from bench.results_frame import REQUIRED, method_sort_key, read_cells, task_metrics
 
 DASH = "—"  # a value the run did not record
@@ -288,6 +289,7 @@ def write_report(run_dir: Path, figures_dir: Path) -> Path:
         if not ok.empty:
             lines += _metrics_table(ok) + _firing_table(ok)
         lines += _figures(figures_dir, report_dir, model, layer)
+    lines += score_sections(report_dir, figures_dir)  # probing and steering, after training's own sections
     lines += _failures(cells) + _resumed(cells)
     if not any(figures_dir.glob("*.png")):
         lines += [f"_No figures found in `{figures_dir}`: run plot_results first to add them._", ""]

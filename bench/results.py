@@ -14,15 +14,14 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Iterable
 
+from bench.cell_scores import RunScores, run_scores
 from bench.metrics import SUMMARY, TABLE, shown_in
-from bench.row_file import read_row_objects
+from bench.row_file import CELL_KEY, read_row_objects  # noqa: F401  (CELL_KEY: imported from here by others)
 from bench.results_frame import method_sort_key
 
 
 ROWS_FILE = "cells.jsonl"
 SUMMARY_FILE = "summary.csv"
-# What tells two cells of one run directory apart (``source``: a loaded dictionary's origin).
-CELL_KEY = ("model", "layer", "method", "k", "expansion", "train_tokens", "seed", "dataset", "source")
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -100,7 +99,9 @@ class RunStore:
         self.write_summary(rows)
 
     def write_summary(self, rows: Iterable[dict[str, Any]]) -> None:
-        atomic_write_text(self.run_dir / SUMMARY_FILE, summary_frame(list(rows)).to_csv(index=False))
+        """summary.csv: the rows, with the probing and steering scores measured since (bench.cell_scores)."""
+        table = summary_frame(list(rows), run_scores(self.run_dir))
+        atomic_write_text(self.run_dir / SUMMARY_FILE, table.to_csv(index=False))
 
 
 IDENTITY_COLUMNS = ["model", "layer", "method", "k", "status"]
@@ -113,8 +114,9 @@ def summary_columns() -> list[str]:
     return IDENTITY_COLUMNS + metrics + TRAILING_COLUMNS
 
 
-def summary_frame(rows: list[dict[str, Any]]):
-    """A flat table: the main columns first, task scores as ``task:<name>:<metric>``."""
+def summary_frame(rows: list[dict[str, Any]], scores: RunScores | None = None):
+    """A flat table: the main columns first, task scores as ``task:<name>:<metric>``, then the probing
+    and steering columns ``scores`` holds for each row (``bench.cell_scores``; none before those commands)."""
     import pandas as pd
 
     columns = summary_columns()
@@ -124,6 +126,7 @@ def summary_frame(rows: list[dict[str, Any]]):
         for task, metrics in (row.get("tasks") or {}).items():
             for metric, value in metrics.items():
                 entry[f"task:{task}:{metric}"] = value
+        entry.update(scores.columns(row) if scores else {})
         flat.append(entry)
     return pd.DataFrame(flat, columns=None if flat else columns)
 

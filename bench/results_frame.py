@@ -1,5 +1,6 @@
 """Result rows as a data frame: every ``cells.jsonl`` read into one flat table (task scores and
-versions flattened into columns), for the report and the figures alike. Needs pandas only, never
+versions flattened into columns, and the probing and steering scores measured since joined from their
+own files by ``bench.cell_scores``), for the report and the figures alike. Needs pandas only, never
 matplotlib, so writing a report or a comparison does not load a plotting stack.
 """
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from bench.cell_scores import run_scores
 from bench.metrics import numeric_columns
 from bench.row_file import read_row_objects
 
@@ -66,7 +68,8 @@ def _flatten(row: dict) -> dict:
 
 def _read_one(path: Path) -> pd.DataFrame:
     problems: list[str] = []
-    rows = [_flatten(row) for row in read_row_objects(path, problems=problems)]
+    scores = run_scores(path.parent)  # probing and steering scores, joined to their cells' rows here
+    rows = [{**_flatten(row), **scores.columns(row)} for row in read_row_objects(path, problems=problems)]
     if not rows:
         raise ValueError(f"{path}: holds no result rows" + (f" ({problems[0]})" if problems else ""))
     frame = pd.DataFrame(rows)

@@ -14,6 +14,8 @@ from typing import Any
 
 log = logging.getLogger("mxbench")
 ROW_FIELDS = ("model", "layer", "method", "k")
+# What tells two cells of one run directory apart (``source``: a loaded dictionary's origin).
+CELL_KEY = ("model", "layer", "method", "k", "expansion", "train_tokens", "seed", "dataset", "source")
 
 
 def read_row_objects(path: Path, warn: bool = True, problems: list[str] | None = None) -> list[dict[str, Any]]:

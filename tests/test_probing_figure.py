@@ -43,3 +43,26 @@ def test_probing_figure_has_a_point_per_cell_and_the_reference_lines(tmp_path, m
 def test_no_probing_rows_no_figure(tmp_path):
     (tmp_path / "run").mkdir()
     assert plot_probing(tmp_path / "run", tmp_path / "figures") == []
+
+
+def test_steering_figure_has_each_steered_cells_proxy_and_perplexity_against_its_delta_ce(tmp_path, monkeypatch):
+    from bench.probing_figure import STEERING_KIND, plot_steering
+    from tests.test_cell_scores import scored_run
+
+    run = scored_run(tmp_path)
+    drawn = []
+    real_close = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig: drawn.append(fig) or real_close(fig))
+    written = plot_steering(run, tmp_path / "figures")
+    assert tmp_path / "figures" / f"{figure_stem('m', 1, STEERING_KIND)}.png" in written
+    units = json.loads((run / "steering" / "tc-4.json").read_text())["units"].values()
+    cells = {json.loads(line)["method"]: json.loads(line) for line in (run / "cells.jsonl").read_text().splitlines()}
+    proxy_ax, perplexity_ax = drawn[0].axes
+    for ax, key in ((proxy_ax, "coherence_proxy"), (perplexity_ax, "perplexity")):
+        points = [(x, y) for line in ax.lines if line.get_marker() not in (None, "None", "", "_", "|")
+                  for x, y in zip(line.get_xdata(), line.get_ydata())]
+        assert points == [(cells["tc"]["delta_ce"], sum(u[key] for u in units) / len(units))]  # tc alone was steered
+    assert "proxy" in proxy_ax.get_ylabel().lower() and "proxy" in proxy_ax.get_title()
+    assert [line.get_ydata()[0] for line in perplexity_ax.lines if line.get_linestyle() == "--"] == [12.0]
+    (run / "steering" / "tc-4.json").unlink()
+    assert plot_steering(run, tmp_path / "figures") == []

@@ -153,3 +153,27 @@ def test_the_probe_command_prints_a_table_and_refuses_bad_input(tiny_run, capsys
     monkeypatch.chdir(run_dir.parent)  # no results/ here: nothing to probe by default
     with pytest.raises(ValueError, match="no runs with saved checkpoints under results/"):
         run_probe_command(parser.parse_args([]))
+
+
+def test_summary_csv_gains_the_probing_scores_and_a_retrained_cell_is_probed_again(tiny_run):
+    import pandas as pd
+    from transformers import AutoModelForCausalLM
+
+    from bench.models import layer_spec
+
+    run_dir, data = tiny_run
+    rows = runner.probe_run(run_dir, [str(data)], device="cpu", max_per_class=20, seed=0, ks=(1,))
+    summary = pd.read_csv(run_dir / "summary.csv").set_index("method")
+    for r in rows:
+        if r["kind"] == "cell" and r["probe"] == "k-sparse":
+            assert summary.loc[r["method"], f"probing.{data}.f1_k1"] == pytest.approx(r["f1"], abs=1e-12)
+    before = {r["method"]: r for r in rows if r["kind"] == "cell" and r["probe"] == "k-sparse"}
+    model_dir = json.loads((run_dir / "cells.jsonl").read_text().splitlines()[0])["model"]
+    torch.manual_seed(7)  # tc retrained: the same checkpoint path, other weights
+    spec = layer_spec(AutoModelForCausalLM.from_pretrained(model_dir), LAYER)
+    save_layer(create("tc", spec, expansion=4, k=4), run_dir / "checkpoints" / "tc-k4")
+    again = runner.probe_run(run_dir, [str(data)], device="cpu", max_per_class=20, seed=0, ks=(1,))
+    after = {r["method"]: r for r in again if r["kind"] == "cell" and r["probe"] == "k-sparse"}
+    config = json.loads((run_dir / "checkpoints" / "tc-k4" / "config.json").read_text())
+    assert after["tc"]["weights_sha256"] == config["weights_sha256"] != before["tc"]["weights_sha256"]
+    assert after["mxd"] == before["mxd"]  # untouched cells are reused as they were

@@ -186,3 +186,20 @@ def test_command_functions_parse_and_print(tiny_run, tiny_model_dir, capsys):
     row_logits = direction_logits(loaded.model, load_layer(tiny_run / "checkpoints" / "tc-k4").decoder[4][None])[0]
     assert entry["promoted_tokens"] == [loaded.tokenizer.decode([i])
                                         for i in row_logits[:len(loaded.tokenizer)].topk(10).indices]
+
+
+def test_steering_scores_reach_summary_csv_and_a_retrained_cells_old_units_are_dropped(tmp_path, tiny_model_dir,
+                                                                                       corpus_file):
+    import methods
+
+    run = build_tiny_run(tmp_path / "run", tiny_model_dir, corpus_file, names=("tc",))
+    first = steer(run, "tc-4", [2], device="cpu", n_samples=2, new_tokens=3)
+    summary = (run / "summary.csv").read_text().splitlines()
+    header, values = summary[0].split(","), summary[1].split(",")
+    assert float(values[header.index("steering.perplexity")]) == pytest.approx(first["units"]["2"]["perplexity"])
+    assert float(values[header.index("steering.coherence_proxy")]) == pytest.approx(
+        first["units"]["2"]["coherence_proxy"])
+    model = load_model(str(tiny_model_dir)).model
+    methods.save_layer(randomised("tc", layer_spec(model, 1), seed=9), run / "checkpoints" / "tc-k4")  # retrained
+    second = steer(run, "tc-4", [5], device="cpu", n_samples=2, new_tokens=3)
+    assert set(second["units"]) == {"5"}  # unit 2 was steered with weights the cell no longer has

@@ -18,6 +18,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from bench.cell_scores import weights_digest
 from bench.devices import resolve_device, resolve_dtype
 from bench.logs import note
 from bench.probing.codes import (MIN_TEXT_TOKENS, TextActivations, collect_text_activations, pooled_codes,
@@ -91,6 +92,8 @@ def probe_run(run_dir: Path, datasets: list[str] | None = None, device: str = "a
                 lm = load_model(model_name, str(target), resolve_dtype("auto", target),
                                 trust_remote_code=bool(group[0].get("trust_remote_code")))
             _probe_dataset(loaded[name], lm, layer, todo, store, {**settings, "probe_dataset": name}, ks, seed)
+    runs = RunStore(run_dir)
+    runs.write_summary(runs.rows())  # summary.csv shows the cells' probing scores (bench.cell_scores)
     return [row for row in store.rows() if row_key(row) in wanted]
 
 
@@ -131,7 +134,8 @@ def _cell_source(run_dir: Path, row: dict[str, Any], device: torch.device) -> So
     from methods.checkpoint import load_layer
 
     fields = {"kind": "cell", **{name: row.get(name) for name in CELL_KEY}, "checkpoint": row["checkpoint"],
-              "n_units": row.get("n_units"), **{name: row.get(name) for name in COPIED_FROM_CELL}}
+              "n_units": row.get("n_units"), **{name: row.get(name) for name in COPIED_FROM_CELL},
+              "weights_sha256": weights_digest(run_dir, row["checkpoint"])}  # which weights the scores belong to
 
     def features(acts: TextActivations, lm) -> torch.Tensor:
         layer = load_layer(run_dir / row["checkpoint"], device).eval()
@@ -142,11 +146,11 @@ def _cell_source(run_dir: Path, row: dict[str, Any], device: torch.device) -> So
 
 def _reads_output(checkpoint: Path) -> bool:
     """Whether the saved layer's method reads the MLP output (unknown methods: assume it does)."""
-    from methods import get_method
+    from methods.registry import layer_class
 
     try:
         method = json.loads((checkpoint / "config.json").read_text())["method"]
-        return get_method(method).cls.input_site == "mlp_output"
+        return layer_class(method).input_site == "mlp_output"
     except (OSError, ValueError, KeyError):
         return True
 

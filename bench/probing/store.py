@@ -10,9 +10,9 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
+from bench.cell_scores import PROBING_FILE, is_current
 from bench.results import CELL_KEY, atomic_write_text
 
-PROBING_FILE = "probing.jsonl"
 ROW_KEY = ("kind", *CELL_KEY, "checkpoint", "n_units", "probe_dataset", "probe", "probe_k", "texts_per_class",
            "probe_seed")
 
@@ -39,7 +39,9 @@ class ProbeStore:
         return rows
 
     def keys(self) -> set[tuple]:
-        return {row_key(row) for row in self.rows()}
+        """Identities of the stored rows whose cell still has the weights they were measured on."""
+        digests: dict[str, str | None] = {}
+        return {row_key(row) for row in self.rows() if is_current(row, self.path.parent, digests)}
 
     def add(self, new_rows: Iterable[dict[str, Any]]) -> None:
         """Add rows, replacing earlier rows with the same identity; one atomic rewrite."""

@@ -17,11 +17,12 @@ from pathlib import Path
 import torch
 
 from bench.activations import collect_mlp_io
+from bench.cell_scores import weights_digest
 from bench.inspect.cells import LoadedCell, check_units, load_cell
 from bench.inspect.dashboard import separator_id
 from bench.inspect.decode import unit_output_sums
 from bench.inspect.lens import top_tokens
-from bench.results import atomic_write_text
+from bench.results import RunStore, atomic_write_text
 from bench.splice import spliced
 from bench.steer.hook import SteeredLayer
 from bench.steer.sampling import continuation_nll, sample
@@ -132,7 +133,11 @@ def steer(run_dir: str | Path, cell: str, units: list[int], judge: str | None = 
     entries = steer_cell(loaded, units, checked, rater)
     path = Path(run_dir) / "steering" / f"{loaded.label}.json"
     stored = json.loads(path.read_text()) if path.is_file() else {}
+    digest = weights_digest(Path(run_dir), loaded.row["checkpoint"])
+    kept = stored.get("units", {}) if stored.get("weights_sha256") in (None, digest) else {}  # not a retrained cell's
     stored = {"cell": loaded.label, "model": loaded.row["model"], "layer": loaded.layer_index,
-              "checkpoint": loaded.row["checkpoint"], "units": {**stored.get("units", {}), **entries}}
+              "checkpoint": loaded.row["checkpoint"], "weights_sha256": digest, "units": {**kept, **entries}}
     atomic_write_text(path, json.dumps(stored, indent=1) + "\n")
+    runs = RunStore(Path(run_dir))
+    runs.write_summary(runs.rows())  # summary.csv shows the cell's steering scores (bench.cell_scores)
     return stored
