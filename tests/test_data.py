@@ -61,15 +61,40 @@ def test_take_contexts_reports_a_short_split(tokenizer):
         take_contexts(contexts, 400, 4, split="eval")
 
 
-def test_embedded_corpus_splits_are_disjoint():
+def _tiles(text: str, pieces: list[str]) -> bool:
+    """Whether ``pieces``, each used once, laid end to end in some order, give ``text`` back: a walk
+    from the start that always takes an unused piece starting where the last one ended."""
+    def walk(at: int, left: tuple[str, ...]) -> bool:
+        if not left:
+            return at == len(text)
+        return any(text.startswith(piece, at) and walk(at + len(piece), left[:i] + left[i + 1:])
+                   for i, piece in enumerate(left) if piece)
+    return walk(0, tuple(sorted(pieces, key=len, reverse=True)))
+
+
+def test_embedded_corpus_splits_share_no_text():
+    """Each document's train pieces and eval chunks, as the split serves them, tile the document: no
+    character is in both splits (nor twice in one), none is lost, and documents longer than one chunk
+    (~1,000 characters) hold out part of their text and train on the rest."""
+    from collections import defaultdict
+
+    from bench.data import EMBEDDED_CORPUS, iter_pieces
+
     docs = embedded_documents()
     assert len(docs) > 9000
     titles = [t for t, _ in docs]
     assert len(set(titles)) == len(titles)
-    held_out = {t for t in titles if is_eval_document(t)}
-    assert 0.03 < len(held_out) / len(titles) < 0.07
-    # the order is fixed by a hash, not alphabetical
-    assert titles != sorted(titles)
+    assert titles != sorted(titles)  # the order is fixed by a hash, not alphabetical
+    split = {name: defaultdict(list) for name in ("train", "eval")}
+    for name, pieces in split.items():
+        for title, text in iter_pieces(EMBEDDED_CORPUS, name):
+            pieces[title].append(text)
+    held_out = set(split["eval"])
+    assert 0.03 < len(held_out) / len(docs) < 0.07  # about the 5% eval fraction
+    for title, text in docs:
+        assert _tiles(text, split["train"].get(title, []) + split["eval"].get(title, [])), title
+    both = [title for title, text in docs if title in held_out and title in split["train"]]
+    assert both and all(len(dict(docs)[title]) > 1000 for title in both)  # only a long document is in both
 
 
 def _error(path, **kwargs):
