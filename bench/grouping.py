@@ -62,6 +62,33 @@ def check_cells(cells: list[tuple[str, int]], spec: LayerSpec, expansion: int) -
                                   f"{spec.d_model} with an MLP of {spec.d_mlp}: {error}") from None
 
 
+def check_cells_fit_the_model(model: str, layer: int | None, cells: list[tuple[str, int]], expansion: int) -> None:
+    """``check_cells`` on the model's architecture alone (built on the meta device: no weights, no download),
+    when that architecture can be read here: `bench run --methods all --model gemma-2b` at the smoke
+    preset's expansion then fails at once, naming the smallest expansion that builds every cell, instead
+    of after a multi-gigabyte download. A model whose config cannot be read here is checked once loaded."""
+    from bench.model_shapes import architecture_layer
+
+    try:
+        _, spec = architecture_layer(model, layer)
+    except (ValueError, IndexError, OSError):  # no config here, or a layer the loader will name precisely
+        return
+    try:
+        check_cells(cells, spec, expansion)
+    except PlanError as error:
+        works = next((e for e in (16, 32, 64, 128, 256) if e > expansion and _all_build(cells, spec, e)), None)
+        hint = f"; --expansion {works} is the smallest that builds them all" if works else ""
+        raise PlanError(f"{error}{hint}") from None
+
+
+def _all_build(cells: list[tuple[str, int]], spec: LayerSpec, expansion: int) -> bool:
+    try:
+        check_cells(cells, spec, expansion)
+    except PlanError:
+        return False
+    return True
+
+
 def run_overhead_bytes(spec: LayerSpec, vocab_size: int, lm_dtype_bytes: int, *, train_tokens: int,
                        buffer_tokens: int, lm_batch_size: int, ce_batch_size: int, context_length: int) -> int:
     """The run's own peak besides its cells: while a group trains, the shuffle buffer (fp32 x and y of

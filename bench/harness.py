@@ -19,7 +19,7 @@ import methods
 from bench.cell_eval import evaluate_group
 from bench.config import RunConfig
 from bench.eval_set import build_eval_set
-from bench.grouping import memory_budget, plan_cell_groups
+from bench.grouping import check_cells_fit_the_model, check_run_buffers, plan_run_groups
 from bench.logs import LOGGER, MetricsSink, note, run_log
 from bench.models import check_layer_in_config
 from bench.rescore import score_saved_cells, task_baselines
@@ -43,8 +43,9 @@ def run_benchmark(cfg: RunConfig, on_saved: Callable[[], None] = _nothing) -> li
     method_names = methods.expand_method_names(cfg.methods)
     run_dir = Path(cfg.results_dir) / cfg.run_name_or_default()
     check_run_inputs(cfg, run_dir)
-    if cfg.layer is not None:
+    if cfg.layer is not None and not cfg.random_weights:  # a rehearsal's architecture may have no config here
         check_layer_in_config(cfg.model, cfg.layer, cfg.trust_remote_code)
+    check_cells_fit_the_model(cfg.model, cfg.layer, [(m, k) for m in method_names for k in cfg.ks], cfg.expansion)
     made = _first_missing(run_dir)  # what this run creates, results directory included
     try:
         with RunLock(run_dir), run_log(run_dir):
@@ -84,9 +85,9 @@ def _run(ctx: RunContext, method_names: list[str]) -> list[dict]:
             ctx.on_saved()
     if not plan.wanted:
         return ctx.store.rows()
+    check_run_buffers(ctx)  # a hopeless buffer setting fails before the held-out LM pass
     eval_set = build_eval_set(ctx)
-    budget = int(cfg.memory_budget_gb * 2**30) if cfg.memory_budget_gb else memory_budget(ctx.device)
-    groups = plan_cell_groups(plan.wanted, ctx.spec, cfg.expansion, cfg.batch_size, budget, ctx.device)
+    groups = plan_run_groups(ctx, plan.wanted)  # counted once the eval tensors exist
     for index, group in enumerate(groups):
         cells = train_group(ctx, group, index)
         evaluate_group(ctx, cells, eval_set)

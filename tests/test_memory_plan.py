@@ -257,3 +257,19 @@ def test_a_training_state_save_is_counted_on_a_cpu(measured):
     planned = grouping.snapshot_bytes([("tc", 8)], STATE_SPEC, EXPANSION)
     assert measured["snapshot"] <= planned <= 1.4 * measured["snapshot"], (
         f"planned {planned / 2**20:.1f} MiB, measured {measured['snapshot'] / 2**20:.1f} MiB")
+
+
+def test_bench_run_refuses_buffers_larger_than_memory_before_the_heldout_pass(tiny_model_dir, corpus_file,
+                                                                               tmp_path, monkeypatch, capsys):
+    """The harness checks the run's own buffers before it builds the eval set (an LM pass over the
+    held-out tokens), so a hopeless --buffer-tokens costs seconds, not a pass."""
+    from bench import harness
+    from bench.cli import main
+
+    monkeypatch.setattr(grouping, "free_memory", lambda device: 1024)  # 1 KiB free
+    monkeypatch.setattr(harness, "build_eval_set", lambda ctx: pytest.fail("the eval set was built"))
+    code = main(["run", "--model", str(tiny_model_dir), "--dataset", str(corpus_file), "--methods", "tc",
+                 "--k", "2", "--expansion", "8", "--context-length", "16", "--tokens", "2048",
+                 "--results-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "the run's own buffers need about" in err and "--buffer-tokens" in err, err

@@ -122,3 +122,19 @@ def test_random_weight_rows_are_never_one_cell_or_figure_with_real_ones(tmp_path
     assert len(frame) == 2 and frame.groupby(["model", "layer"]).ngroups == 2
     real = frame[~frame["random_weights"].astype(bool)]
     assert real["ce_spliced"].tolist() == [2.1] and real["model"].tolist() == ["gemma-2b"]
+
+
+def test_a_cell_that_cannot_exist_is_refused_from_the_architecture_before_any_load(tmp_path, capsys):
+    """gemma-2b's MLP is 8 d wide: at expansion 8 an MxD's dense branch alone spends the whole TC
+    budget (2 d x 8 d = 67,108,864 weights), at 16 it fits. Checked on the meta device, so the
+    refusal costs no weights and leaves no run directory."""
+    from bench.cli import main
+
+    results = tmp_path / "results"
+    code = main(["run", "--methods", "tc,mxd", "--model", "gemma-2b", "--random-weights", "--k", "16",
+                 "--results-dir", str(results)])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "mxd K=16 cannot be built at --expansion 8" in err and "67,108,864" in err
+    assert "--expansion 16 is the smallest that builds them all" in err
+    assert not results.exists()
