@@ -56,15 +56,26 @@ def test_estimate_adds_up_the_measured_rates(tiny_architecture, tmp_path, capsys
     assert [(c["method"], c["k"]) for c in first["cells"]] == [("tc", 4), ("tc", 8), ("mxd", 4), ("mxd", 8)]
     assert [(c["method"], c["k"]) for c in second["cells"]] == [("stc", 4), ("stc", 8)]
     assert (first["train_tokens"], second["train_tokens"]) == (100_000, 50_000)  # a run's own value wins
-    for run in (first, second):
+    # Parameters at d = 32, budget a TC of width 4d = 128: 2*32*128 + 128 + 32 = 8,352; the MxD's dense
+    # branch at the LM's d_mlp = 96 (96*32 + 96 + 96*32) plus 32 experts (32*32 + 32 + 32*32) and b_out
+    # (32) = 8,352; the STC at width 112 plus its 32 x 32 skip: 2*32*112 + 112 + 32 + 1,024 = 8,336.
+    assert [c["n_params"] for c in first["cells"]] == [8_352, 8_352, 8_352, 8_352]
+    assert [c["n_params"] for c in second["cells"]] == [8_336, 8_336]
+    for run, tokens, n_cells in ((first, 100_000, 4), (second, 50_000, 2)):
         lm = run["lm"]
         assert lm["model"] == "tiny-llama (random weights)" and lm["layer"] == run["layer"]
         assert lm["context_length"] == 64 and lm["contexts"] == 4 and lm["collect_mlp_io_tokens_per_s"] > 0
         assert all(c["status"] == "ok" and c["tokens_per_s"] > 0 for c in run["cells"])
-        parts = [run[part] for part in ("collect_s", "train_s", "ce_s")]
-        assert min(parts) > 0 and run["total_s"] == pytest.approx(sum(parts))
+        # The docstring's sum over the rates the JSON reports: one LM pass over the train and 2,048 eval
+        # tokens; each cell's train tokens at its step rate; CE of the cells and the clean and zero-ablated
+        # baselines over 512 tokens, plus the prefix capture timed on 4 x 64 = 256 tokens, scaled to 512.
+        assert run["collect_s"] == pytest.approx((tokens + 2_048) / lm["collect_mlp_io_tokens_per_s"])
+        assert run["train_s"] == pytest.approx(sum(tokens / c["tokens_per_s"] for c in run["cells"]))
+        assert run["ce_s"] == pytest.approx((n_cells + 2) * 512 / lm["ce_with_replay_tokens_per_s"]
+                                            + lm["ce_prefix_capture_s"] * 2)
+        assert run["total_s"] == pytest.approx(run["collect_s"] + run["train_s"] + run["ce_s"])
         assert run["complete"] and run["precision"] == "fp32"
-    assert result["total_hours"] == pytest.approx((first["total_s"] + second["total_s"]) / 3600)
+    assert result["total_hours"] == pytest.approx((first["total_s"] + second["total_s"]) / 3_600)
     assert result["complete"] and result["machine"]["device"] == "cpu" and result["versions"]["torch"]
     assert "lm-eval tasks" in result["left_out"]
     table = capsys.readouterr().out

@@ -22,6 +22,18 @@ SPEC = LayerSpec(d_model=4, d_mlp=6)
 # 16,384 FLOPs per token, decode of 4 rows 2*4*32 = 256; a step is 3 x forward.
 TINY_TC_FORWARD_PER_TOKEN = 16_640
 TINY_TC_STEP_FLOPS_64_TOKENS = 3 * 16_640 * 64  # 3,194,880
+# Parameters at the "tiny" shape (d = 32, d_mlp = 64, budget a TC of width 256), counted by hand:
+TINY_N_PARAMS = {
+    "tc": 2 * 32 * 256 + 256 + 32,  # encoder, decoder, encoder bias, b_out: 16,672
+    "sae": 2 * 32 * 256 + 256 + 32,
+    "stc": 2 * 32 * 240 + 240 + 32 + 32 * 32,  # width 240 and the 32 x 32 skip: 16,656
+    # dense branch at d_mlp (encoder 64 x 32 + bias, decoder 64 x 32), 189 experts (gate + bias, C), b_out
+    "mxd": 64 * 32 + 64 + 64 * 32 + 189 * 32 + 189 + 189 * 32 + 32,  # 16,477
+    "mxd-glu": 2 * 64 * 32 + 64 * 32 + 158 * 32 + 158 + 158 * 32 + 32,  # gate_proj, up_proj, no bias: 16,446
+    "lowrank-moe-r4": 2 * 58 * 4 * 32 + 58 * 32 + 58 + 32,  # 58 rank-4 experts (U, V), gate + bias: 16,794
+}
+# MxD's forward at that shape with K = 4: dense 2*32*64, D^T z 2*64*32, gate 2*32*189, C a 2*4*32
+TINY_MXD_FORWARD_PER_TOKEN = 4_096 + 4_096 + 12_096 + 256
 
 
 def perf_args(*argv: str) -> argparse.Namespace:
@@ -53,7 +65,10 @@ def test_quick_run_writes_every_section(tmp_path, tiny_model_dir, capsys) -> Non
         assert set(r["phase_s"]) == {"forward", "project", "optimiser", "constrain", "backward_and_rest"}
         assert r["phase_s"]["forward"] > 0 and r["phase_s"]["optimiser"] > 0
         assert r["phase_steps"] == 1 and r["instrumented_step_s"] >= sum(r["phase_s"].values()) - 1e-12
-    tc = next(r for r in rows if r["method"] == "tc")
+    by_method = {r["method"]: r for r in rows}
+    assert {m: by_method[m]["n_params"] for m in TINY_N_PARAMS} == TINY_N_PARAMS
+    assert by_method["mxd"]["forward_flops_per_token"] == TINY_MXD_FORWARD_PER_TOKEN
+    tc = by_method["tc"]
     assert tc["forward_flops_per_token"] == TINY_TC_FORWARD_PER_TOKEN
     assert tc["step_flops"] == TINY_TC_STEP_FLOPS_64_TOKENS
     assert {r["method"] for r in result["step_time_ratios"]} == {r["method"] for r in rows} - {"tc"}
@@ -104,6 +119,16 @@ def test_bf16_cells_are_compared_with_a_bf16_ceiling_measured_in_the_same_run(tm
     # the hand-counted FLOPs of the step, over its time, over the bf16 ceiling (not the fp32 one)
     bf16 = result["ceiling"]["bf16"]["flops_per_s"]
     assert tc["ceiling_fraction"] * bf16 * tc["step_s"] == pytest.approx(TINY_TC_STEP_FLOPS_64_TOKENS)
+
+
+def test_the_matmul_ceiling_is_two_n_cubed_flops_over_the_median_time(monkeypatch) -> None:
+    from bench.perf import timing
+
+    monkeypatch.setattr(timing, "time_calls", lambda fn, warmup, repeats, device: [0.5, 2.0, 4.0])
+    ceiling = timing.matmul_ceiling(torch.device("cpu"), torch.float32, 4, 3)
+    # a 4 x 4 by 4 x 4 product: 16 outputs of 4 multiply-adds = 128 FLOPs; median 2 s, best 0.5 s
+    assert (ceiling["flops_per_s"], ceiling["best_flops_per_s"]) == (64.0, 256.0)
+    assert (ceiling["dtype"], ceiling["n"], ceiling["repeats"]) == ("float32", 4, 3)
 
 
 def test_random_lm_refuses_an_unknown_model_before_measuring() -> None:
