@@ -55,11 +55,17 @@ def cell_file_name(row: dict) -> str:
     return "".join(c if c.isalnum() or c in "-._" else "_" for c in name)
 
 
+def checkpoint_name(method: str, k: int, seed: int) -> str:
+    """A trained cell's checkpoint directory: ``<method>-k<K>``, plus ``-s<seed>`` for seeds other than 0,
+    so the cells of ``--seeds 0,1,2`` keep one checkpoint each (seed 0 keeps the name older runs used)."""
+    return f"{method}-k{k}" if seed == 0 else f"{method}-k{k}-s{seed}"
+
+
 def finish_cell(ctx: RunContext, cell: Cell, eval_set: EvalSet) -> dict:
     """Evaluate a trained cell, save its checkpoint and log its row (which the caller stores)."""
     row = evaluate_cell(ctx, cell, eval_set)
     if cell.status == "ok":  # the checkpoint exists before the row that points at it
-        name = f"{cell.method}-k{cell.k}"
+        name = checkpoint_name(cell.method, cell.k, ctx.cfg.seed)
         try:
             save_layer(cell.layer, ctx.run_dir / "checkpoints" / name)
             row["checkpoint"] = f"checkpoints/{name}"

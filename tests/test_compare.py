@@ -6,6 +6,7 @@ import json
 import math
 
 import numpy as np
+import torch
 import pytest
 from scipy import stats
 
@@ -82,3 +83,23 @@ def test_seeds_flag_trains_each_cell_per_seed_and_compare_averages_them(tmp_path
     assert sorted((r["method"], r["seed"]) for r in rows) == [("mxd", 3), ("mxd", 4), ("tc", 3), ("tc", 4)]
     (ce,) = [r for r in compare_run(tmp_path / "s", "tc") if r.metric == "ce"]
     assert ce.n_seeds == 2 and ce.seed_sd is not None
+
+
+def test_each_seed_of_a_run_keeps_its_own_checkpoint(tmp_path, tiny_model_dir, corpus_file, capsys):
+    """`--seeds 0,1` trains each cell twice; each row points at the weights it was measured with
+    (they used to share `checkpoints/<method>-k<K>`, the last seed overwriting the others)."""
+    from safetensors.torch import load_file
+
+    from tests.test_cli import TINY
+
+    code = main(["run", "--model", str(tiny_model_dir), "--dataset", str(corpus_file), *TINY, "--methods", "tc,mxd",
+                 "--k", "2", "--seeds", "0,1", "--results-dir", str(tmp_path), "--run-name", "seeds"])
+    assert code == 0, capsys.readouterr().err
+    rows = RunStore(tmp_path / "seeds").rows()
+    assert sorted((r["method"], r["seed"]) for r in rows) == [("mxd", 0), ("mxd", 1), ("tc", 0), ("tc", 1)]
+    assert len({r["checkpoint"] for r in rows}) == 4
+    for method in ("tc", "mxd"):
+        weights = [load_file(next((tmp_path / "seeds" / r["checkpoint"]).glob("*.safetensors")))
+                   for r in sorted(rows, key=lambda r: r["seed"]) if r["method"] == method]
+        assert weights[0].keys() == weights[1].keys()
+        assert any(not torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
