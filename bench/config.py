@@ -101,7 +101,10 @@ PRESETS: dict[str, dict] = {  # keys: PRESET_NAMES
     "paper": dict(
         ks=[16, 32, 64, 128, 256], expansion=32, dataset="Skylion007/openwebtext",
         train_tokens=480_000_000, eval_tokens=2**20, ce_tokens=3_276_800, batch_size=4096,
-        lm_batch_size=64, ce_batch_size=16, buffer_tokens=2**21, lr=2e-4, warmup_steps=5000,
+        lm_batch_size=64, ce_batch_size=4, lr=2e-4, warmup_steps=5000,
+        # 32 steps' worth of shuffled rows: the reference names no size, and 2^21 rows (16 GiB a tensor at
+        # d = 2048, about 7 such tensors while refilling) do not fit an 80 or 141 GB GPU beside the LM
+        buffer_tokens=2**17,
         dead_window=10_000_000,  # AuxK's window in TopK-SAE practice (used only with --aux-k-coef > 0)
     ),
 }
