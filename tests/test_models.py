@@ -1,3 +1,4 @@
+import math
 import time
 
 import pytest
@@ -40,11 +41,35 @@ def test_layer_spec_reads_widths_and_gating(any_arch_model):
     assert mlp_module(model, 0)(x).shape == (3, spec.d_model)
 
 
-def test_activation_names_are_known_to_transformers(any_arch_model):
-    from transformers.activations import ACT2FN
+def _gelu_tanh(x):
+    return 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
 
-    _, model = any_arch_model
-    ACT2FN[layer_spec(model, 0).activation]
+
+# The activations by their formulas: GELU exact (erf) and its tanh approximation differ by up to ~5e-4
+# at the pre-activations below, far above float32 rounding, so a wrong name between them shows.
+ACTIVATIONS = {"gelu": lambda x: 0.5 * x * (1 + torch.erf(x / math.sqrt(2))), "gelu_new": _gelu_tanh,
+               "gelu_pytorch_tanh": _gelu_tanh, "silu": lambda x: x * torch.sigmoid(x)}
+
+
+def test_the_spec_rebuilds_the_mlp_by_hand(any_arch_model):
+    """The activation layer_spec names, with the MLP's own weights, computes what the MLP computes:
+    down(act(gate x) * up x) when gated, else out(act(in x + b)) + b, written out here."""
+    arch, model = any_arch_model
+    spec, mlp = layer_spec(model, 1), mlp_module(model, 1)
+    act = ACTIVATIONS[spec.activation]
+    x = 30 * torch.randn(64, spec.d_model, generator=torch.Generator().manual_seed(0))
+    if spec.gated:
+        hidden = act(x @ mlp.gate_proj.weight.T) * (x @ mlp.up_proj.weight.T)
+        expected = hidden @ mlp.down_proj.weight.T
+    elif arch == "gpt2":  # Conv1D weights are [in, out]
+        hidden = act(x @ mlp.c_fc.weight + mlp.c_fc.bias)
+        expected = hidden @ mlp.c_proj.weight + mlp.c_proj.bias
+    else:
+        hidden = act(x @ mlp.dense_h_to_4h.weight.T + mlp.dense_h_to_4h.bias)
+        expected = hidden @ mlp.dense_4h_to_h.weight.T + mlp.dense_4h_to_h.bias
+    assert hidden.shape == (64, spec.d_mlp)
+    assert hidden.abs().max() > 1  # pre-activations where the GELU variants part
+    torch.testing.assert_close(mlp(x), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_default_layer_is_the_middle_and_out_of_range_is_an_error():
