@@ -94,9 +94,14 @@ class RunConfig:
         return f"{sanitize(display_name(self.model))}-{self.preset}"
 
 
+# Each method's learning rate at the smoke budget, the lowest held-out NMSE of `bench tune` (grid
+# 3e-4 ... 1e-2, extended to 3e-2 for the two that chose 1e-2); the scores are in results/tune/.
+SMOKE_METHOD_LR = ("tc=0.003,stc=0.001,sae=0.01,mxd=0.01,mxd-glu=0.003,"
+                   "lowrank-moe-r1=0.003,lowrank-moe-r4=0.003,lowrank-moe-r16=0.003")
+
 PRESETS: dict[str, dict] = {  # keys: PRESET_NAMES
-    # Minutes on a laptop CPU: the embedded Gemma, a small budget, two K values.
-    "smoke": {},
+    # Minutes on a laptop CPU: the embedded Gemma, a small budget, two K values, tuned LRs.
+    "smoke": dict(method_lr=SMOKE_METHOD_LR),
     # the MxD paper's reference setup, for GPU users with hub access.
     "paper": dict(
         ks=[16, 32, 64, 128, 256], expansion=32, dataset="Skylion007/openwebtext",
@@ -165,8 +170,18 @@ def preset_config(name: str, **overrides) -> RunConfig:
     """The preset's settings, then every override that is not None."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
-    values = {**PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}}
+    given = {k: v for k, v in overrides.items() if v is not None}
+    values = {**PRESETS[name], **given, "method_lr": _method_lr(PRESETS[name].get("method_lr"), given)}
     return RunConfig(preset=name, **values)
+
+
+def _method_lr(preset: str | None, given: dict[str, Any]) -> str | None:
+    """The per-method LRs a run uses: a given ``--lr`` is the LR of every method a given ``--method-lr``
+    does not name (the preset's tuned ones no longer apply); without ``--lr``, a given ``--method-lr``
+    overrides the preset's entries it names."""
+    base = {} if "lr" in given else parse_method_lr(preset)
+    merged = {**base, **parse_method_lr(given.get("method_lr"))}
+    return ",".join(f"{method}={lr:g}" for method, lr in merged.items()) or None
 
 
 def sweep_configs(runs: list[dict[str, Any]], preset: str | None = None,

@@ -77,3 +77,18 @@ def test_a_config_file_runs_every_entry_and_flags_override(tmp_path, tiny_model_
     assert main(["run", "--config", str(path), "--results-dir", str(tmp_path), *flags, "--seed", "5", "--no-figures"]) == 0
     a, b = RunStore(tmp_path / "a").rows(), RunStore(tmp_path / "b").rows()
     assert [(r["layer"], r["method"], r["k"], r["seed"]) for r in a + b] == [(1, "tc", 2, 5), (3, "tc", 2, 5)]
+
+
+def test_smoke_runs_each_method_at_its_tuned_lr_unless_the_user_sets_one():
+    from bench.config import lr_for
+
+    smoke = preset_config("smoke")
+    assert (lr_for(smoke, "tc"), lr_for(smoke, "stc"), lr_for(smoke, "mxd")) == (0.003, 0.001, 0.01)
+    assert lr_for(smoke, "my-plugin") == 1e-3  # a method the preset does not name: --lr's default
+    shared = preset_config("smoke", lr=5e-4)  # a given --lr is every method's
+    assert (lr_for(shared, "tc"), lr_for(shared, "mxd")) == (5e-4, 5e-4)
+    one = preset_config("smoke", method_lr="mxd=0.002")  # a given --method-lr overrides what it names
+    assert (lr_for(one, "tc"), lr_for(one, "mxd")) == (0.003, 0.002)
+    both = preset_config("smoke", lr=5e-4, method_lr="mxd=0.002")
+    assert (lr_for(both, "tc"), lr_for(both, "mxd")) == (5e-4, 0.002)
+    assert preset_config("paper").method_lr is None and lr_for(preset_config("paper"), "mxd") == 2e-4
