@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from bench.head_kl import clean_summary, kl_from_head_inputs, linear_head_weight
 from bench.splice import capture_block_output, replaced_mlp, replayed_prefix
 from methods.base import SparseLayer
 
@@ -69,11 +70,14 @@ class CrossEntropyEvaluator:
         self.prefix = [capture_block_output(model, layer - 1, b) for b in self.batches] if layer > 0 else None
         self._on_batch = on_batch
         self.clean_head_inputs: list[torch.Tensor] | None = None
+        # per batch, (lse of the clean logits, W^T p): KL without recomputing the clean logits (head_kl.py)
+        self.clean_summaries: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def nbytes(self) -> int:
         """Memory held for the whole run: the eval batches, the cached residual stream, the clean
         model's final hidden states."""
         tensors = list(self.batches) + list(self.clean_head_inputs or [])
+        tensors += [t for summary in self.clean_summaries or [] for t in summary]
         for output in self.prefix or []:
             tensors += [output] if isinstance(output, torch.Tensor) else [t for t in output if isinstance(t, torch.Tensor)]
         return sum(t.nbytes for t in tensors)
@@ -95,6 +99,9 @@ class CrossEntropyEvaluator:
         finally:
             handle.remove()
         self.clean_head_inputs = captured
+        weight = linear_head_weight(self.model)
+        self.clean_summaries = None if weight is None else [
+            clean_summary(weight, self._clean_logits(i)) for i in range(len(self.batches))]
         return ce
 
     def _clean_logits(self, i: int) -> torch.Tensor:
@@ -115,14 +122,31 @@ class CrossEntropyEvaluator:
         captured, of KL(clean || replaced) in nats, computed in fp32 from log-softmaxes."""
         ce, divergence = [], []
         kl = kl and self.clean_head_inputs is not None
-        with replaced_mlp(self.model, self.layer, replacement):
-            for i, batch in enumerate(self.batches):
-                logits = self._logits(i, batch)
-                ce.append(next_token_losses(logits, batch).mean(dim=1).double().cpu())
-                if kl:
-                    divergence.append(next_token_kl(self._clean_logits(i), logits).mean(dim=1).double().cpu())
-                if self._on_batch:
-                    self._on_batch(batch.numel())
+        summarised = kl and self.clean_summaries is not None
+        head_inputs: list[torch.Tensor] = []
+        head = self.model.get_output_embeddings()
+        hook = head.register_forward_pre_hook(lambda module, args: head_inputs.append(args[0])) if summarised else None
+        try:
+            with replaced_mlp(self.model, self.layer, replacement):
+                for i, batch in enumerate(self.batches):
+                    head_inputs.clear()
+                    logits = self._logits(i, batch)
+                    if summarised:  # one logsumexp serves CE and KL
+                        lse = torch.logsumexp(logits[:, :-1].float(), dim=-1)
+                        losses = lse - logits[:, :-1].float().gather(-1, batch[:, 1:, None]).squeeze(-1)
+                        clean_lse, m = self.clean_summaries[i]
+                        divergence.append(kl_from_head_inputs(self.clean_head_inputs[i], head_inputs[0], m,
+                                                              clean_lse, lse).mean(dim=1).cpu())
+                    else:
+                        losses = next_token_losses(logits, batch)
+                        if kl:
+                            divergence.append(next_token_kl(self._clean_logits(i), logits).mean(dim=1).double().cpu())
+                    ce.append(losses.mean(dim=1).double().cpu())
+                    if self._on_batch:
+                        self._on_batch(batch.numel())
+        finally:
+            if hook is not None:
+                hook.remove()
         out = {"ce": torch.cat(ce)}
         if kl:
             out["kl"] = torch.cat(divergence)

@@ -63,3 +63,17 @@ def test_kl_is_finite_for_extreme_logits():
     other = torch.tensor([[[-1e4, 1e4, 0.0], [0.0, 0.0, 0.0]]])
     value = next_token_kl(clean, other)[0, 0]
     assert torch.isfinite(value) and value.item() > 1e4
+
+
+def test_an_fp32_linear_head_takes_the_summarised_path_and_a_soft_capped_one_does_not(any_arch_model):
+    """The summarised KL (bench/head_kl.py) is used exactly where the head is W h in fp32 on a CPU, and
+    gives the full-forward KL there; Gemma 2's soft-capped logits keep the recomputed clean logits."""
+    arch, model = any_arch_model
+    contexts = torch.randint(0, 96, (4, 16))
+    evaluator = CrossEntropyEvaluator(model, 1, contexts, batch_size=3)
+    evaluator.capture_clean()
+    assert (evaluator.clean_summaries is None) == bool(getattr(model.config, "final_logit_softcapping", None))
+    replacement = Amplified(mlp_module(model, 1), gain=3.0)
+    torch.testing.assert_close(evaluator.score(replacement)["kl"], _full_forward_kl(model, 1, contexts, replacement),
+                               rtol=1e-4, atol=1e-6)
+    assert torch.equal(evaluator.score(None)["kl"], torch.zeros(4, dtype=torch.float64))
