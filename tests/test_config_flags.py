@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from bench.cli import RUN_ONLY_FLAGS, build_parser
-from bench.config import RunConfig, flag_name, sweep_configs
+from bench.config import SMOKE_METHOD_LR, RunConfig, flag_name, sweep_configs
 from bench.validation import UsageError, validate
 
 SAMPLE_TEXT = {int: "7", float: "0.5", str: "text", list[int]: "3,5", list[str]: "a,b"}
@@ -33,8 +33,9 @@ def test_every_setting_has_a_flag_and_every_flag_a_setting() -> None:
 
 
 def test_no_flag_given_means_every_field_default() -> None:
+    """Every field at its default, except what the smoke preset sets (its tuned learning rates)."""
     (cfg,) = sweep_configs([{}], None, _run_flags([]))
-    assert cfg == RunConfig()
+    assert cfg == RunConfig(method_lr=SMOKE_METHOD_LR)
 
 
 @pytest.mark.parametrize("field", [f for f in dataclasses.fields(RunConfig)], ids=lambda f: f.name)
