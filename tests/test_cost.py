@@ -9,7 +9,7 @@ import torch
 
 from bench import model_shapes
 from bench.cli import main
-from bench.config import RunConfig
+from bench.config import RunConfig, preset_config
 from bench.perf import cost
 
 TINY = dict(model_type="llama", num_hidden_layers=4, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
@@ -95,7 +95,7 @@ def test_without_a_file_it_estimates_the_default_run(monkeypatch, tmp_path) -> N
     monkeypatch.chdir(tmp_path)
     assert main(["cost", "--device", "cpu"]) == 0
     (cfg,) = seen
-    assert cfg == RunConfig()  # exactly what plain `bench run` runs
+    assert cfg == preset_config("smoke")  # exactly what plain `bench run` runs
     assert json.loads((tmp_path / "results/perf/cost-default-cpu.json").read_text())["total_hours"] == 450 / 3600
 
 
