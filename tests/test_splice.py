@@ -174,9 +174,11 @@ def test_a_fitted_layer_scores_through_the_replayed_prefix_as_in_a_full_forward(
         logits = _logits(model, contexts)[:, :-1]
     targets = contexts[:, 1:]
     ce = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none").mean(dim=1)
-    kl = F.kl_div(F.log_softmax(logits, -1), F.log_softmax(clean_logits, -1), log_target=True,
+    # in float64 from the fp32 logits: the exact KL of what the model computed
+    kl = F.kl_div(F.log_softmax(logits.double(), -1), F.log_softmax(clean_logits.double(), -1), log_target=True,
                   reduction="none").sum(-1).mean(dim=1)
     clean_ce = F.cross_entropy(clean_logits.transpose(1, 2), targets, reduction="none").mean(dim=1)
     assert (ce - clean_ce).abs().max() > 1e-4  # the layer changes the model: a wrong splice can show
     torch.testing.assert_close(scores["ce"], ce.double(), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(scores["kl"], kl.double(), rtol=1e-4, atol=1e-7)
+    # atol: fp32 rounding of the logits (about 1e-7 nats here) where the KL itself is about 1e-4
+    torch.testing.assert_close(scores["kl"], kl.double(), rtol=1e-4, atol=3e-7)
