@@ -174,11 +174,11 @@ def ray_scratch(tmp_path_factory):
     cluster.shutdown()
 
 
-def _kill_when_training(run_dir: Path, at_tokens: int, killed: list) -> threading.Thread:
-    """SIGKILL the process holding ``run_dir``'s lock once its saved training state passes ``at_tokens``."""
+def _kill_when_training(run_dir: Path, at_tokens: int, killed: list, done: threading.Event) -> threading.Thread:
+    """SIGKILL the process holding ``run_dir``'s lock once its saved training state passes ``at_tokens``
+    (watching until ``done``: on a loaded machine a worker can take minutes to reach training)."""
     def watch():
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
+        while not done.is_set():
             try:
                 served = json.loads((run_dir / "checkpoints" / "_training" / "progress.json").read_text())
                 pid = int((run_dir / ".lock").read_text().split()[-1])
@@ -210,9 +210,11 @@ def test_ray_sweep_survives_killed_workers_and_a_restarted_driver(ray_scratch, t
                _config(tiny_model_dir, corpus, url, "b", layer=2, tokens=tokens, checkpoint_minutes=0.0)]
     monkeypatch.setenv("MXBENCH_SCRATCH", str(ray_scratch))  # to find the workers' copy of run b
     killed: list = []  # one worker per run, each killed once, after its third saved state or so
-    watchers = [_kill_when_training(run_dir, 2048, killed)
+    done = threading.Event()
+    watchers = [_kill_when_training(run_dir, 2048, killed, done)
                 for run_dir in (shared / "a", storage.scratch_dir(f"{url}/b") / "b")]
     rows = run_sweep(configs, executor="ray")
+    done.set()
     for watcher in watchers:
         watcher.join()
     assert sorted(run for run, _ in killed) == ["a", "b"] and all(served < tokens for _, served in killed)
