@@ -132,8 +132,7 @@ class CrossEntropyEvaluator:
                     head_inputs.clear()
                     logits = self._logits(i, batch)
                     if summarised:  # one logsumexp serves CE and KL
-                        lse = torch.logsumexp(logits[:, :-1].float(), dim=-1)
-                        losses = lse - logits[:, :-1].float().gather(-1, batch[:, 1:, None]).squeeze(-1)
+                        losses, lse = next_token_losses_and_lse(logits, batch)
                         clean_lse, m = self.clean_summaries[i]
                         divergence.append(kl_from_head_inputs(self.clean_head_inputs[i], head_inputs[0], m,
                                                               clean_lse, lse).mean(dim=1).cpu())
@@ -164,9 +163,14 @@ def next_token_kl(clean_logits: torch.Tensor, logits: torch.Tensor) -> torch.Ten
 def next_token_losses(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
     """Per-token CE [batch, T-1]: logsumexp - target logit, 3x faster on CPU than
     F.cross_entropy over a 262k vocabulary (no log-softmax copy of the logits)."""
+    return next_token_losses_and_lse(logits, input_ids)[0]
+
+
+def next_token_losses_and_lse(logits: torch.Tensor, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``next_token_losses`` and the logsumexp it used [batch, T-1] (the summarised KL needs it too)."""
     logits = logits[:, :-1].float()
-    targets = input_ids[:, 1:, None]
-    return torch.logsumexp(logits, dim=-1) - logits.gather(-1, targets).squeeze(-1)
+    lse = torch.logsumexp(logits, dim=-1)
+    return lse - logits.gather(-1, input_ids[:, 1:, None]).squeeze(-1), lse
 
 
 @dataclass

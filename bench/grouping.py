@@ -37,11 +37,16 @@ class PlanError(ValueError):
     """A run that cannot be planned: a cell that cannot exist at its budget, or buffers larger than memory."""
 
 
+def _method_config(method: str, k: int, expansion: int):
+    """A registered method's entry and its config at (K, expansion), its other settings at their defaults."""
+    entry = methods.get_method(method)
+    return entry, entry.cls.Config(**{**entry.defaults, "k": k, "expansion": expansion})
+
+
 def cell_bytes(method: str, spec: LayerSpec, k: int, expansion: int, batch_size: int) -> int:
     """Peak bytes of one cell's training step: optimiser-resident state, a few weight-sized temporaries,
     and one batch of activations (x, y, three [tokens, widest] tensors and the rows gathered per token)."""
-    entry = methods.get_method(method)
-    config = entry.cls.Config(**{**entry.defaults, "k": k, "expansion": expansion})
+    entry, config = _method_config(method, k, expansion)
     n_params = entry.cls.expected_n_params(spec, config)
     with torch.device("meta"):  # shapes only: nothing is allocated
         largest = max(p.numel() for p in entry.cls(spec, config).parameters())
@@ -105,8 +110,7 @@ def snapshot_bytes(cells: list[tuple[str, int]], spec: LayerSpec, expansion: int
     one cell at a time). They land in host memory: on a GPU not the device's to budget, on a CPU they are."""
     largest = 0
     for method, k in cells:
-        entry = methods.get_method(method)
-        config = entry.cls.Config(**{**entry.defaults, "k": k, "expansion": expansion})
+        entry, config = _method_config(method, k, expansion)
         largest = max(largest, entry.cls.expected_n_params(spec, config))
     return SNAPSHOT_BYTES_PER_PARAM * largest
 
