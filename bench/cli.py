@@ -177,20 +177,26 @@ def plot_and_report(run_dirs: list[Path], figures_root: str | None, plot: bool, 
     """Figures go to figures/<run>/ beside the results directory, or <figures_root>/<run>/ when a root is
     given (figure_names.figures_dir_for), so runs never overwrite each other's files."""
     from bench.figure_names import figures_dir_for
-    from bench.plots import plot_results
-    from bench.probing_figure import plot_probing, plot_steering
     from bench.report import write_report
 
     for run_dir in run_dirs:
         figures = figures_dir_for(run_dir, figures_root)
         check_writable(figures, "figures directory")
         if plot:
-            written = plot_results([run_dir], figures) + plot_probing(run_dir, figures)
-            written += plot_steering(run_dir, figures)
+            written = draw_run_figures(run_dir, figures)
             print(f"{run_dir}: {len(written)} figure files in {figures}", file=sys.stderr)
         if report:
             print(f"{run_dir}: wrote {write_report(run_dir, figures)}", file=sys.stderr)
     return EXIT_OK
+
+
+def draw_run_figures(run_dir: Path, figures: Path) -> list[Path]:
+    """Every figure `bench plot` draws for one run: the K and Pareto figures of its rows, and the
+    probing and steering figures where those commands have scored its cells; returns the files."""
+    from bench.plots import plot_results
+    from bench.probing_figure import plot_probing, plot_steering
+
+    return plot_results([run_dir], figures) + plot_probing(run_dir, figures) + plot_steering(run_dir, figures)
 
 
 def list_methods() -> int:
