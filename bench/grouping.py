@@ -30,7 +30,6 @@ GATHER_BYTES = 80  # bytes per row gathered per token (indices, bag ids, weights
 SHUFFLE_PEAK = 8  # one full buffer tensor (x or y): both, the refill's concatenation, the shuffle's copies
 LM_BATCH_PEAK = 4  # [tokens, d_mlp + 2 d] of the LM's dtype: the MLP's gate, up and product, the residual
 CE_PEAK = 7.5  # one CE batch's fp32 logits: the logits, fp32 copies, two log-softmaxes, the KL terms
-SNAPSHOT_BYTES_PER_PARAM = 26  # a training-state save: weights and both moments serialised in memory, twice over
 
 
 class PlanError(ValueError):
@@ -103,16 +102,6 @@ def run_overhead_bytes(spec: LayerSpec, vocab_size: int, lm_dtype_bytes: int, *,
     lm_forward = LM_BATCH_PEAK * lm_tokens * (spec.d_mlp + 2 * spec.d_model) * lm_dtype_bytes
     ce_logits = CE_PEAK * ce_batch_size * context_length * vocab_size * 4
     return int(max(shuffle + lm_forward, ce_logits))
-
-
-def snapshot_bytes(cells: list[tuple[str, int]], spec: LayerSpec, expansion: int) -> int:
-    """A training-state save's in-memory copies of the largest cell (weights and both moments, serialised,
-    one cell at a time). They land in host memory: on a GPU not the device's to budget, on a CPU they are."""
-    largest = 0
-    for method, k in cells:
-        entry, config = _method_config(method, k, expansion)
-        largest = max(largest, entry.cls.expected_n_params(spec, config))
-    return SNAPSHOT_BYTES_PER_PARAM * largest
 
 
 def free_memory(device: torch.device) -> int:
@@ -200,15 +189,12 @@ def check_run_buffers(ctx: RunContext) -> int:
 
 def plan_run_groups(ctx: RunContext, cells: list[tuple[str, int]]) -> list[list[tuple[str, int]]]:
     """The groups of a run, called once its eval tensors exist: ``--memory-budget-gb`` is the cells'
-    budget as given; else the device's free memory times HEADROOM, less the run's own buffers (and, on a
-    CPU, a training-state save's copy of one cell)."""
+    budget as given; else the device's free memory times HEADROOM, less the run's own buffers. (A
+    training-state save needs no memory of its own: bench.safetensors_stream writes from the tensors.)"""
     cfg = ctx.cfg
     if cfg.memory_budget_gb:
         budget = int(cfg.memory_budget_gb * 2**30)
     else:
-        overhead = check_run_buffers(ctx)
-        if ctx.device.type == "cpu":
-            overhead += snapshot_bytes(cells, ctx.spec, cfg.expansion)
-        budget = int(free_memory(ctx.device) * HEADROOM) - overhead
+        budget = int(free_memory(ctx.device) * HEADROOM) - check_run_buffers(ctx)
     return plan_cell_groups(cells, ctx.spec, cfg.expansion, cfg.batch_size, budget, ctx.device,
                             cached=bool(cfg.activation_cache))

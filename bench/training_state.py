@@ -25,10 +25,10 @@ from typing import Any, Callable
 
 import torch
 from safetensors.torch import load_file
-from safetensors.torch import save as serialise
 
 from bench.logs import note
 from bench.results import atomic_write_text
+from bench.safetensors_stream import write_safetensors
 from bench.train import Cell
 
 PROGRESS_FILE = "progress.json"
@@ -74,26 +74,26 @@ def _save_cell(directory: Path, cell: Cell, snapshot: str, with_moments: bool) -
     """Write one cell's layer, AdamW moments (if asked) and scalars; returns {relative path: sha256}."""
     cell_dir = directory / cell_dir_name(cell)
     cell_dir.mkdir(exist_ok=True)
-    tensors = {f"layer.{k}": v.detach().contiguous().cpu() for k, v in cell.layer.state_dict().items()}
+    tensors = {f"layer.{k}": v.detach() for k, v in cell.layer.state_dict().items()}
     optimiser = cell.optimiser.state_dict()
     for index, state in (optimiser["state"] if with_moments else {}).items():
         for key, value in state.items():
-            tensors[f"optim.{index}.{key}"] = torch.as_tensor(value).detach().contiguous().cpu()
-    tensors.update({f"cell.{name}": value.detach().contiguous().cpu() for name, value in cell.extra_state().items()})
+            tensors[f"optim.{index}.{key}"] = torch.as_tensor(value).detach()
+    tensors.update({f"cell.{name}": value.detach() for name, value in cell.extra_state().items()})
     scalars = {"steps": cell.steps, "tokens": cell.tokens, "train_time_s": cell.train_time_s,
                "last_loss": cell.last_loss, "status": cell.status, "error": cell.error,
                "param_groups": optimiser["param_groups"], "scheduler": cell.scheduler.state_dict()}
-    # Serialised in memory and written by Python, so that a full disk raises OSError(ENOSPC)
-    # (safetensors' own writer raises a SafetensorError without an errno) and the hash is of these bytes.
-    files = dict(zip(_SUFFIXES, (serialise(tensors), json.dumps(scalars).encode("utf-8"))))
-    checksums = {}
-    for suffix, data in files.items():
-        path = cell_dir / f"state-{snapshot}{suffix}"
-        with open(path, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())  # on disk before progress.json vouches for it
-        checksums[f"{cell_dir.name}/{path.name}"] = hashlib.sha256(data).hexdigest()
+    # Streamed from the tensors' own memory (a serialised copy of a big cell's state was what ran a
+    # 24 GB machine out of memory); written by Python, so a full disk raises OSError(ENOSPC).
+    weights_path = cell_dir / f"state-{snapshot}{_SUFFIXES[0]}"
+    checksums = {f"{cell_dir.name}/{weights_path.name}": write_safetensors(weights_path, tensors)}
+    scalars_path = cell_dir / f"state-{snapshot}{_SUFFIXES[1]}"
+    data = json.dumps(scalars).encode("utf-8")
+    with open(scalars_path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())  # on disk before progress.json vouches for it
+    checksums[f"{cell_dir.name}/{scalars_path.name}"] = hashlib.sha256(data).hexdigest()
     return checksums
 
 
