@@ -195,6 +195,6 @@ def plan_run_groups(ctx: RunContext, cells: list[tuple[str, int]]) -> list[list[
     if cfg.memory_budget_gb:
         budget = int(cfg.memory_budget_gb * 2**30)
     else:
-        budget = int(free_memory(ctx.device) * HEADROOM) - check_run_buffers(ctx)
+        budget = memory_budget(ctx.device) - check_run_buffers(ctx)
     return plan_cell_groups(cells, ctx.spec, cfg.expansion, cfg.batch_size, budget, ctx.device,
                             cached=bool(cfg.activation_cache))
