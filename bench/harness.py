@@ -27,6 +27,7 @@ from bench.run_context import RunContext, load_run
 from bench.run_plan import plan_run
 from bench.runlock import RunLock
 from bench.training_run import train_group
+from bench.training_source import check_training_split
 from bench.validation import check_run_inputs
 
 
@@ -86,6 +87,7 @@ def _run(ctx: RunContext, method_names: list[str]) -> list[dict]:
     if not plan.wanted:
         return ctx.store.rows()
     check_run_buffers(ctx)  # a hopeless buffer setting fails before the held-out LM pass
+    check_training_split(ctx)  # so does a --tokens larger than a local corpus
     eval_set = build_eval_set(ctx)
     groups = plan_run_groups(ctx, plan.wanted)  # counted once the eval tensors exist
     for index, group in enumerate(groups):
