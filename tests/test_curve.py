@@ -14,7 +14,7 @@ import pytest
 from bench.cli import main
 from bench.curve_figure import CURVE_STEM, draw_learning_curve
 from bench.learning_curve import TABLE_STEM, default_out_dir, learning_curve
-from tests.test_plots import make_row, write_cells
+from tests.test_plots import REPO, make_row, write_cells
 
 CURVE_METHODS = ("tc", "stc", "mxd", "mxd-glu")
 BUDGETS = {"65k": 65_536, "262k": 262_144, "1m": 1_048_576}
@@ -172,3 +172,31 @@ def test_the_default_out_dir_is_named_after_what_the_runs_share(tmp_path: Path) 
     assert default_out_dir(curve_runs) == tmp_path / "figures" / "gemma-3-270m-curve"
     assert default_out_dir([results / "g-65k", results / "g-1m"]) == tmp_path / "figures" / "g-curve"
     assert default_out_dir([results / "small", results / "large"]) == tmp_path / "figures" / "small-curve"
+
+
+# ----------------------------------------------------------------------------- the committed curve
+
+COMMITTED_CURVES = sorted(p.parent for p in (REPO / "figures").glob("*/learning_curve.csv"))
+
+
+@pytest.mark.parametrize("committed", COMMITTED_CURVES, ids=lambda p: p.name)
+def test_committed_curves_regenerate_from_committed_results(committed: Path, tmp_path: Path) -> None:
+    """`bench curve` over the runs a committed learning_curve.csv names rebuilds its tables byte for byte
+    and the same figure files (the README's curve table is read from them)."""
+    with open(committed / f"{TABLE_STEM}.csv", newline="") as handle:
+        runs = list(dict.fromkeys(row["run"] for row in csv.DictReader(handle)))
+    by_tokens = {}
+    for run in runs:
+        rows = [json.loads(line) for line in (REPO / "results" / run / "cells.jsonl").read_text().splitlines()]
+        by_tokens[run] = rows[0]["train_tokens"]
+    ordered = sorted(runs, key=by_tokens.get)
+    assert bench_curve(*[REPO / "results" / run for run in ordered], "--out-dir", tmp_path) == 0
+    names = sorted(p.name for p in committed.iterdir())
+    assert names == sorted(p.name for p in tmp_path.iterdir()), "stale: run `bench curve` again and commit it"
+    for suffix in (".csv", ".md"):
+        name = f"{TABLE_STEM}{suffix}"
+        assert (tmp_path / name).read_bytes() == (committed / name).read_bytes(), f"{name} differs: rerun `bench curve`"
+
+
+def test_a_learning_curve_is_committed() -> None:
+    assert COMMITTED_CURVES, "no figures/<curve>/learning_curve.csv committed: the README's curve table has no source"
