@@ -109,10 +109,16 @@ def _keyed_documents(source: str, text_field: str) -> Iterator[tuple[str, str]]:
         raise DataError(f"dataset {source!r} holds no documents (no record with a non-empty {text_field!r})")
 
 
+def is_local(source: str) -> bool:
+    """The embedded corpus, or a file or folder on this machine: finite, read without the hub (any other
+    name is a hub dataset, streamed)."""
+    return source == EMBEDDED_CORPUS or Path(source).exists()
+
+
 def _stream_records(source: str) -> Iterator[tuple[str, dict]]:
     """(where, record) pairs from local files or a hub dataset; ``where`` names the record in errors."""
     path = Path(source)
-    if not path.exists():
+    if not is_local(source):
         import datasets
 
         yield from _datasets_records(datasets.load_dataset(source, split="train", streaming=True),

@@ -86,7 +86,7 @@ def check_training_split(ctx: RunContext) -> None:
     enough: seconds, against the LM pass. A hub dataset streams and is not counted.
     """
     cfg = ctx.cfg
-    if cfg.dataset != data.EMBEDDED_CORPUS and not Path(cfg.dataset).exists():
+    if not data.is_local(cfg.dataset):
         return
     wanted = -(-cfg.train_tokens // cfg.context_length)
     stream = data.pack_contexts(data.iter_documents(cfg.dataset, "train"), ctx.tokenizer, cfg.context_length)
