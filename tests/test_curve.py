@@ -184,12 +184,8 @@ def test_committed_curves_regenerate_from_committed_results(committed: Path, tmp
     """`bench curve` over the runs a committed learning_curve.csv names rebuilds its tables byte for byte
     and the same figure files (the README's curve table is read from them)."""
     with open(committed / f"{TABLE_STEM}.csv", newline="") as handle:
-        runs = list(dict.fromkeys(row["run"] for row in csv.DictReader(handle)))
-    by_tokens = {}
-    for run in runs:
-        rows = [json.loads(line) for line in (REPO / "results" / run / "cells.jsonl").read_text().splitlines()]
-        by_tokens[run] = rows[0]["train_tokens"]
-    ordered = sorted(runs, key=by_tokens.get)
+        tokens = {row["run"]: int(row["train_tokens"]) for row in csv.DictReader(handle)}
+    ordered = sorted(tokens, key=tokens.get)
     assert bench_curve(*[REPO / "results" / run for run in ordered], "--out-dir", tmp_path) == 0
     names = sorted(p.name for p in committed.iterdir())
     assert names == sorted(p.name for p in tmp_path.iterdir()), "stale: run `bench curve` again and commit it"
