@@ -66,7 +66,7 @@ def add_tune_arguments(tune: argparse.ArgumentParser) -> None:
     tune.add_argument("--tune-tokens", type=int, default=None,
                       help="training tokens per (method, LR) pair (default: the run's --tokens)")
     tune.add_argument("--out", default=None, metavar="FILE.json",
-                      help="where the grid, scores and choices go (default: <results-dir>/tune/<model>-L<layer>.json)")
+                      help="where the grid, scores and choices go (default: <results-dir>/tune/<run name>-L<layer>.json)")
 
 
 def add_curve_arguments(curve: argparse.ArgumentParser) -> None:
@@ -123,11 +123,10 @@ def tune(args: argparse.Namespace) -> int:
     tokens = args.tune_tokens if args.tune_tokens is not None else cfg.train_tokens
     if k < 1 or tokens < 1:
         raise UsageError(f"--tune-k and --tune-tokens must be positive, got {k} and {tokens}")
-    results = tune_learning_rates(cfg, list(args.grid or DEFAULT_GRID), k, tokens)
-    layer = cfg.layer if cfg.layer is not None else "mid"
-    out = Path(args.out) if args.out else Path(cfg.results_dir) / "tune" / f"{cfg.run_name_or_default()}-L{layer}.json"
-    print(format_tuning(results))
-    print(f"wrote {write_tuning(results, cfg, tokens, out)}", file=sys.stderr)
+    tuning = tune_learning_rates(cfg, list(args.grid or DEFAULT_GRID), k, tokens)
+    out = Path(args.out) if args.out else Path(cfg.results_dir) / "tune" / f"{cfg.run_name_or_default()}-L{tuning.layer}.json"
+    print(format_tuning(tuning.methods))
+    print(f"wrote {write_tuning(tuning, cfg, tokens, out)}", file=sys.stderr)
     return EXIT_OK
 
 

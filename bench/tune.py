@@ -41,6 +41,12 @@ class TunedMethod:
     chosen_lr: float
 
 
+@dataclass
+class Tuning:
+    layer: int  # the layer tuned: the model's middle one when --layer is not given
+    methods: list[TunedMethod]
+
+
 def choose_lr(grid: list[float], losses: list[float]) -> float:
     """The grid point with the lowest held-out loss (the smaller LR on a tie); refuses if all diverged."""
     finite = [(loss, lr) for lr, loss in zip(grid, losses) if math.isfinite(loss)]
@@ -49,7 +55,7 @@ def choose_lr(grid: list[float], losses: list[float]) -> float:
     return min(finite)[1]
 
 
-def tune_learning_rates(cfg: RunConfig, grid: list[float], k: int, tokens: int) -> list[TunedMethod]:
+def tune_learning_rates(cfg: RunConfig, grid: list[float], k: int, tokens: int) -> Tuning:
     """Train each (method, LR) of ``grid`` on ``tokens`` tokens at sparsity ``k``; pick per method."""
     if not grid or any(not (math.isfinite(lr) and lr > 0) for lr in grid):
         raise ValueError(f"--grid must be learning rates > 0, got {grid}")
@@ -67,7 +73,7 @@ def tune_learning_rates(cfg: RunConfig, grid: list[float], k: int, tokens: int) 
         group = cells[i * len(grid):(i + 1) * len(grid)]
         losses = [reconstruction_metrics(c.layer, x, y).nmse if c.status == "ok" else math.inf for c in group]
         results.append(TunedMethod(method, k, list(grid), losses, choose_lr(list(grid), losses)))
-    return results
+    return Tuning(ctx.layer, results)
 
 
 def method_lr_flag(results: list[TunedMethod]) -> str:
@@ -75,8 +81,9 @@ def method_lr_flag(results: list[TunedMethod]) -> str:
     return ",".join(f"{r.method}={r.chosen_lr:g}" for r in results)
 
 
-def write_tuning(results: list[TunedMethod], cfg: RunConfig, tokens: int, path: Path) -> Path:
-    record = {"command": "bench " + shlex.join(sys.argv[1:]), "model": cfg.model, "layer": cfg.layer,
+def write_tuning(tuning: Tuning, cfg: RunConfig, tokens: int, path: Path) -> Path:
+    results = tuning.methods
+    record = {"command": "bench " + shlex.join(sys.argv[1:]), "model": cfg.model, "layer": tuning.layer,
               "dataset": cfg.dataset, "tokens": tokens, "scored_on": "validation: the eval_tokens held-out tokens after those bench run reports on",
               "eval_tokens": cfg.eval_tokens, "batch_size": cfg.batch_size, "seed": cfg.seed,
               "method_lr": method_lr_flag(results), "methods": [asdict(r) for r in results]}

@@ -27,6 +27,7 @@ def test_tune_end_to_end_picks_the_argmin_of_its_own_heldout_scores(tmp_path, ti
                  "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     record = json.loads(out.read_text())
+    assert record["layer"] == 2  # the layer tuned, not the unset --layer: the middle of the tiny Llama's 4
     for entry in record["methods"]:
         losses = entry["heldout_nmse"]
         assert len(losses) == 3 and not math.isfinite(losses[2]) or losses[2] > min(losses[:2])
