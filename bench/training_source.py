@@ -58,12 +58,17 @@ def cache_key(ctx: RunContext) -> CacheKey:
                     f"{getattr(tokenizer, 'name_or_path', '')}:{len(tokenizer)}", cfg.activation_cache_dtype)
 
 
+def _cache_location(ctx: RunContext) -> tuple[CacheKey, Path]:
+    """The run's cache key and the directory under ``--activation-cache`` that holds it."""
+    key = cache_key(ctx)
+    return key, key.directory(Path(ctx.cfg.activation_cache))
+
+
 def training_source(ctx: RunContext, drawn: int) -> tuple[Chunks, CacheWriter | None]:
     """(x, y) chunks in document order, ``drawn`` rows skipped, and the cache writer if one fills."""
     if not ctx.cfg.activation_cache:
         return _live(ctx, drawn), None
-    key = cache_key(ctx)
-    directory = key.directory(Path(ctx.cfg.activation_cache))
+    key, directory = _cache_location(ctx)
     try:
         manifest = open_cache(directory, key, ctx.cfg.train_tokens)
     except StaleCache as reason:
@@ -83,10 +88,11 @@ def check_training_split(ctx: RunContext) -> None:
     Without it, the run found out when the split ran dry, after it had spent the LM pass on all it
     held (70 minutes for the embedded corpus's 986k tokens on two cores). A local corpus (the
     embedded one, a file or a folder) is tokenized and packed here, stopping as soon as it holds
-    enough: seconds, against the LM pass. A hub dataset streams and is not counted.
+    enough: seconds, against the LM pass. A hub dataset streams and is not counted, and neither is a
+    split whose activations a usable cache already holds: the run reads them from there.
     """
     cfg = ctx.cfg
-    if not data.is_local(cfg.dataset):
+    if not data.is_local(cfg.dataset) or _cache_holds_budget(ctx):
         return
     wanted = -(-cfg.train_tokens // cfg.context_length)
     stream = data.pack_contexts(data.iter_documents(cfg.dataset, "train"), ctx.tokenizer, cfg.context_length)
@@ -96,3 +102,14 @@ def check_training_split(ctx: RunContext) -> None:
         raise data.DataError(f"--tokens {cfg.train_tokens}: the training split of {cfg.dataset!r} holds "
                              f"{most:,} tokens ({held:,} contexts of {cfg.context_length}); ask for at most "
                              f"{most} or use a larger --dataset")
+
+
+def _cache_holds_budget(ctx: RunContext) -> bool:
+    if not ctx.cfg.activation_cache:
+        return False
+    key, directory = _cache_location(ctx)
+    try:
+        open_cache(directory, key, ctx.cfg.train_tokens)
+    except StaleCache:
+        return False
+    return True
